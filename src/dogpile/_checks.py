@@ -1,0 +1,94 @@
+"""Argument checks and their messages, shared by both implementations so that
+bad input gets the same clear error from either.  None of this runs on the
+fresh-hit path: the compiled core calls in here only to build an error."""
+
+import math
+from typing import Any, Tuple
+
+INFINITY = math.inf
+
+
+def _kind(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def expiretime_seconds(expiretime: Any) -> float:
+    """Validate an expiry time and return it in seconds (infinity for None)."""
+    if expiretime is None:
+        return INFINITY
+    if isinstance(expiretime, bool) or not isinstance(expiretime, (int, float)):
+        raise TypeError(
+            "expiretime must be a number of seconds (int or float, >= 0) "
+            f"or None for never, not {_kind(expiretime)!r}"
+        )
+    seconds = float(expiretime)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(
+            "expiretime must be >= 0 seconds (or None for never), "
+            f"got {expiretime!r}"
+        )
+    return seconds
+
+
+def expiretime_public(seconds: float) -> "float | None":
+    return None if seconds == INFINITY else seconds
+
+
+def createdtime_seconds(createdtime: Any, source: str = "createdtime") -> float:
+    """Validate a creation time (epoch seconds; <= 0 means no value)."""
+    if isinstance(createdtime, bool) or not isinstance(createdtime, (int, float)):
+        raise TypeError(
+            f"{source} must be a number (epoch seconds, as from time.time()), "
+            f"not {_kind(createdtime)!r}"
+        )
+    seconds = float(createdtime)
+    if math.isnan(seconds):
+        raise ValueError(f"{source} must be a number of epoch seconds, got nan")
+    return seconds
+
+
+def check_lock(lock: Any, what: str = "lock") -> None:
+    for method in ("acquire", "release"):
+        if not callable(getattr(lock, method, None)):
+            raise TypeError(
+                f"{what} must have acquire() and release() methods, "
+                f"like threading.Lock; {_kind(lock)!r} has no {method}()"
+            )
+
+
+def check_callable(name: str, fn: Any, optional: bool = False) -> None:
+    if fn is None and optional:
+        return
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, not {_kind(fn)!r}")
+
+
+def check_acquire_args(creator: Any, value_fn: Any, value_and_created_fn: Any) -> None:
+    check_callable("creator", creator)
+    check_callable("value_fn", value_fn, optional=True)
+    check_callable("value_and_created_fn", value_and_created_fn, optional=True)
+    if value_fn is not None and value_and_created_fn is not None:
+        raise TypeError(
+            "pass value_fn or value_and_created_fn, not both: "
+            "value_and_created_fn already returns the value"
+        )
+
+
+def unpack_pair(result: Any, source: str) -> Tuple[Any, float]:
+    """Split a ``(value, createdtime)`` pair returned by ``source``."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise TypeError(
+            f"{source} must return a (value, createdtime) pair, "
+            f"got {_kind(result)} {_short_repr(result)}"
+        )
+    return result[0], createdtime_seconds(
+        result[1], f"the createdtime returned by {source}"
+    )
+
+
+def _short_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return "<unrepresentable>"
+    return text if len(text) <= 60 else text[:57] + "..."

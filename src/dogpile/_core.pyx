@@ -1,0 +1,605 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False
+#
+# Not declared freethreading_compatible: the fresh-hit path reads a
+# Dogpile's value and creation time without a lock, relying on the GIL to
+# make that pair of reads (and the INCREF of the value) atomic with respect
+# to a creator that replaces them.  On a free-threaded build the
+# interpreter therefore turns the GIL back on when it imports this module.
+"""The dogpile lock, compiled.
+
+The twin of ``_core_py.py`` (the readable specification): same classes,
+signatures, docstrings and behaviour.  What is different is underneath: a
+fresh hit is a few C comparisons and one clock read, and the creation lock
+is a 64-bit word over the native mutex in ``_native_lock.h``, waited on
+with the GIL released.
+"""
+
+cimport cython
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.math cimport INFINITY, isnan
+from libc.stdint cimport uint64_t
+
+import threading as _threading
+from weakref import ref as _weakref_ref
+
+from ._checks import (
+    check_acquire_args,
+    check_callable,
+    check_lock,
+    createdtime_seconds,
+    expiretime_public,
+    expiretime_seconds,
+    unpack_pair,
+)
+from ._errors import LockError, NeedRegenerationException
+# The weakref callback of NameRegistry runs once per dead entry, never on a
+# lookup: one definition of it serves both implementations.
+from ._core_py import _Forget
+
+__all__ = [
+    "Dogpile",
+    "SyncReaderDogpile",
+    "Lock",
+    "NameRegistry",
+    "ReadWriteMutex",
+]
+
+
+cdef extern from "_native_lock.h" nogil:
+    ctypedef uint64_t dp_word
+    ctypedef struct dp_rwstate:
+        long readers
+        long writers_waiting
+        int writer
+        unsigned long writer_ident
+    int dp_module_init()
+    double dp_now()
+    int dp_expired(double createdtime, double expiretime)
+    dp_word dp_try_acquire(dp_word *w)
+    dp_word dp_acquire_slice(dp_word *w, double seconds)
+    int dp_release(dp_word *w, dp_word tag)
+    int dp_word_held(dp_word *w)
+    int dp_rw_read_slice(dp_rwstate *rw, double seconds)
+    int dp_rw_write_slice(dp_rwstate *rw, unsigned long ident, double seconds)
+    int dp_rw_read_release(dp_rwstate *rw)
+    int dp_rw_write_release(dp_rwstate *rw, unsigned long ident)
+
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident()
+
+
+if dp_module_init() != 0:
+    raise OSError("dogpile: could not initialise the native mutexes")
+
+cdef object _NO_VALUE = object()
+
+# How long a blocked main thread sleeps before it looks for a signal (its
+# KeyboardInterrupt arrives within this).  Other threads never receive
+# signals in CPython, so they sleep until woken.
+cdef double _SIGNAL_SLICE = 0.02
+cdef double _FOREVER = 1e9
+
+
+cdef inline bint _expired(double createdtime, double expiretime) noexcept nogil:
+    return dp_expired(createdtime, expiretime)
+
+
+cdef inline object _pair(object result, str source, double *createdtime):
+    """Split a (value, createdtime) pair; the common exact-tuple-of-float
+    case inline, everything else (and every error) through _checks."""
+    cdef object t
+    if type(result) is tuple and PyTuple_GET_SIZE(result) == 2:
+        t = (<tuple>result)[1]
+        if type(t) is float and not isnan(PyFloat_AS_DOUBLE(t)):
+            createdtime[0] = PyFloat_AS_DOUBLE(t)
+            return (<tuple>result)[0]
+    value, ct = unpack_pair(result, source)
+    createdtime[0] = ct
+    return value
+
+
+cdef inline double _seconds(object expiretime) except? -1:
+    if type(expiretime) is float:
+        if expiretime >= 0:  # false for nan
+            return PyFloat_AS_DOUBLE(expiretime)
+    elif expiretime is None:
+        return INFINITY
+    return expiretime_seconds(expiretime)
+
+
+cdef bint _in_main_thread():
+    return PyThread_get_thread_ident() == _threading.main_thread().ident
+
+
+cdef dp_word _wait_word(dp_word *word) except 0:
+    """Block until the lock word is ours and return its tag.  The wait
+    happens without the GIL; the main thread wakes every _SIGNAL_SLICE to
+    run signal handlers, so Ctrl-C interrupts it as it would a
+    threading.Lock.acquire()."""
+    cdef dp_word tag = dp_try_acquire(word)
+    cdef double slice
+    if tag:
+        return tag
+    slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
+    while True:
+        with nogil:
+            tag = dp_acquire_slice(word, slice)
+        if tag:
+            return tag
+        PyErr_CheckSignals()
+
+
+cdef class Dogpile:
+    """A lock that lets one caller create a value while every other caller
+    keeps using the previous one.
+
+    :param expiretime: seconds a created value stays fresh (int or float,
+        >= 0), or None for never.
+    :param init: if true, the value counts as created now.
+    :param lock: an object with ``acquire()``, ``acquire(False)`` and
+        ``release()`` (a cross-process mutex, say); default: a native mutex
+        of the compiled core, or a ``threading.Lock``.
+    """
+
+    cdef double _createdtime
+    cdef double _expiretime
+    cdef object _value
+    cdef object _lock      # a custom lock, or None for _word
+    cdef dp_word _word     # the native lock: 0, or its holder's fork generation
+    cdef object __weakref__
+    cdef _Acquisition _last
+
+    def __cinit__(self):
+        self._createdtime = -1.0
+        self._word = 0
+
+    def __init__(self, expiretime, init=False, lock=None):
+        self._expiretime = _seconds(expiretime)
+        if lock is not None:
+            check_lock(lock)
+        self._lock = lock
+        self._value = None
+        self._createdtime = dp_now() if init else -1.0
+
+    @property
+    def createdtime(self):
+        """Epoch seconds at which the value was created; -1 when none."""
+        return self._createdtime
+
+    @createdtime.setter
+    def createdtime(self, value):
+        self._createdtime = createdtime_seconds(value)
+
+    @property
+    def expiretime(self):
+        """Seconds a value stays fresh, or None for never."""
+        return expiretime_public(self._expiretime)
+
+    @expiretime.setter
+    def expiretime(self, value):
+        self._expiretime = expiretime_seconds(value)
+
+    @property
+    def is_expired(self):
+        """True when there is no value, or it is older than expiretime."""
+        return _expired(self._createdtime, self._expiretime)
+
+    @property
+    def has_value(self):
+        """True once a value has been created."""
+        return self._createdtime > 0
+
+    def acquire(self, creator, value_fn=None, value_and_created_fn=None):
+        """Return a context manager whose ``as`` target is the current value.
+
+        With no value, callers wait for the one that runs ``creator()``.
+        With an expired value, one caller runs ``creator()`` and every other
+        one gets the stale value at once.
+
+        ``value_fn()`` returns the stored value (or raises
+        NeedRegenerationException when there is none).
+        ``value_and_created_fn()`` returns ``(value, createdtime)`` and sets
+        this Dogpile's createdtime; ``creator()`` then returns such a pair
+        too.  With neither, the value is the one the last ``creator()``
+        call through this Dogpile returned.
+        """
+        if not callable(creator) or (
+            (value_fn is not None or value_and_created_fn is not None)
+            and not _optional_fns_ok(value_fn, value_and_created_fn)
+        ):
+            check_acquire_args(creator, value_fn, value_and_created_fn)
+        # The context manager holds nothing but these arguments, so the one
+        # made for the previous call serves again when they are the same
+        # objects (the usual case: one creator function per Dogpile).  That
+        # saves its allocation, a fifth of a fresh hit.
+        cdef _Acquisition acq = self._last
+        if (acq is not None and acq.creator is creator and acq.value_fn is value_fn
+                and acq.value_and_created_fn is value_and_created_fn):
+            return acq
+        acq = _Acquisition.__new__(_Acquisition)
+        self._last = acq
+        acq.dogpile = self
+        acq.creator = creator
+        acq.value_fn = value_fn
+        acq.value_and_created_fn = value_and_created_fn
+        return acq
+
+    # -- the algorithm ------------------------------------------------------
+
+    cdef object _enter(self, object creator, object value_fn, object value_and_created_fn):
+        cdef double createdtime
+        cdef object value
+        if value_and_created_fn is not None:
+            try:
+                value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
+            except NeedRegenerationException:
+                value = _NO_VALUE
+                createdtime = -1.0
+            self._createdtime = createdtime
+        elif value_fn is not None:
+            try:
+                value = value_fn()
+                createdtime = self._createdtime
+            except NeedRegenerationException:
+                # Not stored in self: a creation may have finished since
+                # value_fn looked, and its time must stand (the check under
+                # the lock asks value_fn again).
+                value = _NO_VALUE
+                createdtime = -1.0
+        else:
+            # Both reads happen under the GIL with no Python code between
+            # them, so the pair is consistent.
+            createdtime = self._createdtime
+            value = self._value
+        if not _expired(createdtime, self._expiretime):
+            return value
+        return self._create(creator, value_fn, value_and_created_fn, value, createdtime)
+
+    cdef int _exit(self) except -1:
+        return 0
+
+    cdef dp_word _take(self, bint blocking) except? 0:
+        """Take the creation lock; return a tag for _give, or 0 when
+        non-blocking and busy."""
+        if self._lock is None:
+            if blocking:
+                return _wait_word(&self._word)
+            return dp_try_acquire(&self._word)
+        if blocking:
+            self._lock.acquire()
+            return 1
+        return 1 if self._lock.acquire(False) else 0
+
+    cdef int _give(self, dp_word tag) except -1:
+        if self._lock is not None:
+            self._lock.release()
+        elif dp_release(&self._word, tag) < 0:
+            raise LockError("Dogpile released a creation lock it did not hold")
+        return 0
+
+    cdef object _create(self, object creator, object value_fn,
+                        object value_and_created_fn, object value, double createdtime):
+        cdef dp_word tag
+        if createdtime > 0 and value is not _NO_VALUE:
+            # A stale value exists: whoever holds the lock is already
+            # creating, so serve the stale value rather than wait.
+            tag = self._take(False)
+            if not tag:
+                return value
+        else:
+            tag = self._take(True)
+        try:
+            # Someone may have created while we were getting here.
+            if value_and_created_fn is not None:
+                try:
+                    value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
+                except NeedRegenerationException:
+                    value = _NO_VALUE
+                    createdtime = -1.0
+                self._createdtime = createdtime
+                if value is not _NO_VALUE and not _expired(createdtime, self._expiretime):
+                    return value
+                value = _pair(creator(), "creator", &createdtime)
+                self._createdtime = createdtime
+                return value
+            if value_fn is not None:
+                if not _expired(self._createdtime, self._expiretime):
+                    try:
+                        return value_fn()
+                    except NeedRegenerationException:
+                        pass
+                value = creator()
+                self._createdtime = dp_now()
+                return value
+            if not _expired(self._createdtime, self._expiretime):
+                return self._value
+            value = creator()
+            self._value = value
+            self._createdtime = dp_now()
+            return value
+        finally:
+            self._give(tag)
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} expiretime={self.expiretime!r} "
+            f"createdtime={self._createdtime!r}>"
+        )
+
+
+cdef inline bint _optional_fns_ok(object value_fn, object value_and_created_fn):
+    if value_fn is None:
+        return callable(value_and_created_fn)
+    return value_and_created_fn is None and callable(value_fn)
+
+
+# One of these is made per acquire(), so it is kept cheap: a freelist
+# instead of malloc, and no GC tracking (it only ever references the
+# Dogpile and the caller's functions; a cycle through it would need a
+# caller to store it inside one of those).
+@cython.final
+@cython.freelist(32)
+cdef class _Acquisition:
+    """The context manager that Dogpile.acquire() returns."""
+
+    cdef Dogpile dogpile
+    cdef object creator
+    cdef object value_fn
+    cdef object value_and_created_fn
+
+    def __enter__(self):
+        return self.dogpile._enter(self.creator, self.value_fn, self.value_and_created_fn)
+
+    def __exit__(self, exc_type, exc, tb):
+        self.dogpile._exit()
+
+
+cdef class SyncReaderDogpile(Dogpile):
+    """A Dogpile whose ``acquire()`` block also holds a read lock, so that a
+    writer (``acquire_write_lock()``) can exclude every reader while it
+    changes the value in place."""
+
+    cdef ReadWriteMutex _rw
+
+    def __init__(self, expiretime, init=False, lock=None):
+        Dogpile.__init__(self, expiretime, init, lock)
+        self._rw = ReadWriteMutex()
+
+    @property
+    def readwritelock(self):
+        """The ReadWriteMutex that acquire() reads under."""
+        return self._rw
+
+    def acquire_write_lock(self):
+        """Return a context manager that holds the write lock."""
+        return _WriteLock(self._rw)
+
+    cdef object _enter(self, object creator, object value_fn, object value_and_created_fn):
+        value = Dogpile._enter(self, creator, value_fn, value_and_created_fn)
+        self._rw._acquire_read(True)
+        return value
+
+    cdef int _exit(self) except -1:
+        self._rw._release_read()
+        return 0
+
+
+@cython.final
+cdef class _WriteLock:
+    cdef ReadWriteMutex _rw
+
+    def __cinit__(self, ReadWriteMutex rw):
+        self._rw = rw
+
+    def __enter__(self):
+        self._rw._acquire_write(True)
+
+    def __exit__(self, exc_type, exc, tb):
+        self._rw._release_write()
+
+
+@cython.freelist(16)
+cdef class Lock:
+    """The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
+
+    :param mutex: an object with ``acquire()``, ``acquire(False)`` and
+        ``release()``.
+    :param creator: returns a new ``(value, createdtime)``.
+    :param value_and_created_fn: returns the stored ``(value, createdtime)``
+        or raises NeedRegenerationException.
+    :param expiretime: seconds a value stays fresh, or None for never.
+    :param async_creator: if given, called with the (acquired) mutex instead
+        of ``creator`` when a stale value exists; it must release the mutex
+        itself, and the stale value is returned at once.
+    """
+
+    cdef public object mutex
+    cdef public object creator
+    cdef public object value_and_created_fn
+    cdef public object async_creator
+    cdef double _expiretime
+
+    def __init__(self, mutex, creator, value_and_created_fn, expiretime, async_creator=None):
+        if not callable(creator):
+            check_callable("creator", creator)
+        if not callable(value_and_created_fn):
+            check_callable("value_and_created_fn", value_and_created_fn)
+        if async_creator is not None and not callable(async_creator):
+            check_callable("async_creator", async_creator)
+        self._expiretime = _seconds(expiretime)
+        self.mutex = mutex
+        self.creator = creator
+        self.value_and_created_fn = value_and_created_fn
+        self.async_creator = async_creator
+
+    @property
+    def expiretime(self):
+        """Seconds a value stays fresh, or None for never."""
+        return expiretime_public(self._expiretime)
+
+    def __enter__(self):
+        cdef double createdtime
+        try:
+            value = _pair(self.value_and_created_fn(), "value_and_created_fn", &createdtime)
+        except NeedRegenerationException:
+            value = _NO_VALUE
+            createdtime = -1.0
+        if not _expired(createdtime, self._expiretime):
+            return value
+        return self._create(value, createdtime)
+
+    cdef object _create(self, object value, double createdtime):
+        cdef object mutex = self.mutex
+        cdef bint has_value = createdtime > 0 and value is not _NO_VALUE
+        cdef bint handed_off = False
+        check_lock(mutex, "mutex")
+        if has_value:
+            if not mutex.acquire(False):
+                return value
+        else:
+            mutex.acquire()
+        try:
+            # Another thread or process may have created meanwhile.
+            try:
+                value = _pair(self.value_and_created_fn(), "value_and_created_fn", &createdtime)
+            except NeedRegenerationException:
+                value = _NO_VALUE
+                createdtime = -1.0
+            has_value = createdtime > 0 and value is not _NO_VALUE
+            if has_value and not _expired(createdtime, self._expiretime):
+                return value
+            if has_value and self.async_creator is not None:
+                handed_off = True
+                self.async_creator(mutex)
+                return value
+            return _pair(self.creator(), "creator", &createdtime)
+        finally:
+            if not handed_off:
+                mutex.release()
+
+    def __exit__(self, exc_type, exc, tb):
+        pass
+
+
+cdef class NameRegistry:
+    """Keeps one object per identifier for as long as anything references it.
+
+    ``get(identifier, *args, **kw)`` returns that object, calling
+    ``creator(identifier, *args, **kw)`` to make it when there is none; the
+    entry goes away once the object is no longer referenced elsewhere, so
+    the object must support weak references.
+    """
+
+    cdef public object creator
+    cdef dict _values
+    cdef object _mutex
+    cdef object __weakref__
+
+    def __init__(self, creator):
+        check_callable("creator", creator)
+        self.creator = creator
+        self._values = {}
+        # Reentrant: a creator may look up another identifier.
+        self._mutex = _threading.RLock()
+
+    def get(self, identifier, *args, **kw):
+        """Return the object for ``identifier``, creating it if needed."""
+        ref = self._values.get(identifier)
+        if ref is not None:
+            obj = ref()
+            if obj is not None:
+                return obj
+        return self._sync_get(identifier, args, kw)
+
+    cdef object _sync_get(self, object identifier, tuple args, dict kw):
+        with self._mutex:
+            ref = self._values.get(identifier)
+            if ref is not None:
+                obj = ref()
+                if obj is not None:
+                    return obj
+            obj = self.creator(identifier, *args, **kw)
+            try:
+                self._values[identifier] = _weakref_ref(obj, _Forget(self._values, identifier))
+            except TypeError:
+                raise TypeError(
+                    "NameRegistry's creator must return an object that "
+                    f"supports weak references, not {type(obj).__name__!r}"
+                ) from None
+            return obj
+
+    def __len__(self):
+        return len(self._values)
+
+
+cdef class ReadWriteMutex:
+    """A lock that many readers or one writer can hold.
+
+    Writers are preferred: once a writer waits, new readers wait behind it,
+    so a stream of readers cannot starve it.  A thread must not take a read
+    lock again while it holds one if a writer may be waiting.
+    """
+
+    cdef dp_rwstate _state
+    cdef object __weakref__
+
+    def acquire_read_lock(self, wait=True):
+        """Take a read lock; with ``wait=False`` return False if busy."""
+        return self._acquire_read(wait)
+
+    def release_read_lock(self):
+        """Release one read lock."""
+        self._release_read()
+
+    def acquire_write_lock(self, wait=True):
+        """Take the write lock; with ``wait=False`` return False if busy."""
+        return self._acquire_write(wait)
+
+    def release_write_lock(self):
+        """Release the write lock held by this thread."""
+        self._release_write()
+
+    cdef bint _acquire_read(self, bint wait) except -1:
+        cdef double slice
+        cdef int got
+        if dp_rw_read_slice(&self._state, 0):
+            return True
+        if not wait:
+            return False
+        slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
+        while True:
+            with nogil:
+                got = dp_rw_read_slice(&self._state, slice)
+            if got:
+                return True
+            PyErr_CheckSignals()
+
+    cdef int _release_read(self) except -1:
+        if dp_rw_read_release(&self._state) < 0:
+            raise LockError("release_read_lock(): no read lock is held")
+        return 0
+
+    cdef bint _acquire_write(self, bint wait) except -1:
+        cdef double slice
+        cdef int got
+        cdef unsigned long me = PyThread_get_thread_ident()
+        if dp_rw_write_slice(&self._state, me, 0):
+            return True
+        if not wait:
+            return False
+        slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
+        while True:
+            with nogil:
+                got = dp_rw_write_slice(&self._state, me, slice)
+            if got:
+                return True
+            PyErr_CheckSignals()
+
+    cdef int _release_write(self) except -1:
+        if dp_rw_write_release(&self._state, PyThread_get_thread_ident()) < 0:
+            raise LockError(
+                "release_write_lock(): this thread does not hold the write lock"
+            )
+        return 0

@@ -1,0 +1,562 @@
+"""The dogpile lock in pure Python.
+
+This is the readable specification of the compiled core in ``_core.pyx``:
+same classes, same signatures, same docstrings, same behaviour.  Where the
+two differ, one of them has a bug.  ``import dogpile`` picks one of them.
+"""
+
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+from ._checks import (
+    check_acquire_args,
+    check_callable,
+    check_lock,
+    createdtime_seconds,
+    expiretime_public,
+    expiretime_seconds,
+    unpack_pair,
+)
+from ._errors import LockError, NeedRegenerationException
+
+__all__ = [
+    "Dogpile",
+    "SyncReaderDogpile",
+    "Lock",
+    "NameRegistry",
+    "ReadWriteMutex",
+]
+
+# No value yet (distinct from None, which is a value).
+_NO_VALUE: Any = object()
+
+# A forked child has one thread; a lock held by any other thread of the
+# parent would never be released there.  Each Dogpile remembers the fork
+# generation its default lock was made in and makes a new one when the
+# generation has moved on (see Dogpile._mutex_now).
+_fork_generation = 0
+_fork_guard = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation, _fork_guard
+    _fork_generation += 1
+    _fork_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _is_expired(createdtime: float, expiretime: float) -> bool:
+    if createdtime <= 0:
+        return True
+    if expiretime == float("inf"):
+        return False
+    age = time.time() - createdtime
+    # A creation time further ahead than the expiry time comes from a clock
+    # that was stepped back or a host whose clock runs ahead: call it
+    # expired, so one regeneration repairs it instead of waiting for the
+    # clock to catch up.
+    return age > expiretime or -age > expiretime
+
+
+def _optional_fns_ok(value_fn: Any, value_and_created_fn: Any) -> bool:
+    if value_fn is None:
+        return callable(value_and_created_fn)
+    return value_and_created_fn is None and callable(value_fn)
+
+
+class Dogpile:
+    """A lock that lets one caller create a value while every other caller
+    keeps using the previous one.
+
+    :param expiretime: seconds a created value stays fresh (int or float,
+        >= 0), or None for never.
+    :param init: if true, the value counts as created now.
+    :param lock: an object with ``acquire()``, ``acquire(False)`` and
+        ``release()`` (a cross-process mutex, say); default: a native mutex
+        of the compiled core, or a ``threading.Lock``.
+    """
+
+    __slots__ = (
+        "_createdtime",
+        "_expiretime",
+        "_value",
+        "_lock",
+        "_custom_lock",
+        "_lock_generation",
+        "__weakref__",
+    )
+
+    def __init__(self, expiretime: Optional[float], init: bool = False, lock: Any = None) -> None:
+        self._expiretime = expiretime_seconds(expiretime)
+        if lock is None:
+            self._lock: Any = threading.Lock()
+            self._custom_lock = False
+        else:
+            check_lock(lock)
+            self._lock = lock
+            self._custom_lock = True
+        self._lock_generation = _fork_generation
+        self._value: Any = None
+        self._createdtime = time.time() if init else -1.0
+
+    @property
+    def createdtime(self) -> float:
+        """Epoch seconds at which the value was created; -1 when none."""
+        return self._createdtime
+
+    @createdtime.setter
+    def createdtime(self, value: float) -> None:
+        self._createdtime = createdtime_seconds(value)
+
+    @property
+    def expiretime(self) -> Optional[float]:
+        """Seconds a value stays fresh, or None for never."""
+        return expiretime_public(self._expiretime)
+
+    @expiretime.setter
+    def expiretime(self, value: Optional[float]) -> None:
+        self._expiretime = expiretime_seconds(value)
+
+    @property
+    def is_expired(self) -> bool:
+        """True when there is no value, or it is older than expiretime."""
+        return _is_expired(self._createdtime, self._expiretime)
+
+    @property
+    def has_value(self) -> bool:
+        """True once a value has been created."""
+        return self._createdtime > 0
+
+    def acquire(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]] = None,
+        value_and_created_fn: Optional[Callable[[], Any]] = None,
+    ) -> "_Acquisition":
+        """Return a context manager whose ``as`` target is the current value.
+
+        With no value, callers wait for the one that runs ``creator()``.
+        With an expired value, one caller runs ``creator()`` and every other
+        one gets the stale value at once.
+
+        ``value_fn()`` returns the stored value (or raises
+        NeedRegenerationException when there is none).
+        ``value_and_created_fn()`` returns ``(value, createdtime)`` and sets
+        this Dogpile's createdtime; ``creator()`` then returns such a pair
+        too.  With neither, the value is the one the last ``creator()``
+        call through this Dogpile returned.
+        """
+        if not callable(creator) or (
+            (value_fn is not None or value_and_created_fn is not None)
+            and not _optional_fns_ok(value_fn, value_and_created_fn)
+        ):
+            check_acquire_args(creator, value_fn, value_and_created_fn)
+        return _Acquisition(self, creator, value_fn, value_and_created_fn)
+
+    # -- the algorithm ------------------------------------------------------
+
+    def _enter(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+    ) -> Any:
+        if value_and_created_fn is not None:
+            try:
+                value, createdtime = unpack_pair(
+                    value_and_created_fn(), "value_and_created_fn"
+                )
+            except NeedRegenerationException:
+                value, createdtime = _NO_VALUE, -1.0
+            self._createdtime = createdtime
+        elif value_fn is not None:
+            try:
+                value = value_fn()
+                createdtime = self._createdtime
+            except NeedRegenerationException:
+                # Not stored in self: a creation may have finished since
+                # value_fn looked, and its time must stand (the check under
+                # the lock asks value_fn again).
+                value, createdtime = _NO_VALUE, -1.0
+        else:
+            # createdtime before value: a creator stores the value first, so
+            # a fresh time never pairs with an older value.
+            createdtime = self._createdtime
+            value = self._value
+        if not _is_expired(createdtime, self._expiretime):
+            return value
+        return self._create(creator, value_fn, value_and_created_fn, value, createdtime)
+
+    def _mutex_now(self) -> Any:
+        if self._custom_lock or self._lock_generation == _fork_generation:
+            return self._lock
+        with _fork_guard:
+            if self._lock_generation != _fork_generation:
+                self._lock = threading.Lock()
+                self._lock_generation = _fork_generation
+            return self._lock
+
+    def _create(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+        value: Any,
+        createdtime: float,
+    ) -> Any:
+        mutex = self._mutex_now()
+        if createdtime > 0 and value is not _NO_VALUE:
+            # A stale value exists: whoever holds the lock is already
+            # creating, so serve the stale value rather than wait.
+            if not mutex.acquire(False):
+                return value
+        else:
+            mutex.acquire()
+        try:
+            # Someone may have created while we were getting here.
+            if value_and_created_fn is not None:
+                try:
+                    value, createdtime = unpack_pair(
+                        value_and_created_fn(), "value_and_created_fn"
+                    )
+                except NeedRegenerationException:
+                    value, createdtime = _NO_VALUE, -1.0
+                self._createdtime = createdtime
+                if value is not _NO_VALUE and not _is_expired(createdtime, self._expiretime):
+                    return value
+                value, createdtime = unpack_pair(creator(), "creator")
+                self._createdtime = createdtime
+                return value
+            if value_fn is not None:
+                if not _is_expired(self._createdtime, self._expiretime):
+                    try:
+                        return value_fn()
+                    except NeedRegenerationException:
+                        pass
+                value = creator()
+                self._createdtime = time.time()
+                return value
+            if not _is_expired(self._createdtime, self._expiretime):
+                return self._value
+            value = creator()
+            self._value = value
+            self._createdtime = time.time()
+            return value
+        finally:
+            mutex.release()
+
+    def _exit(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} expiretime={self.expiretime!r} "
+            f"createdtime={self._createdtime!r}>"
+        )
+
+
+class _Acquisition:
+    """The context manager that Dogpile.acquire() returns."""
+
+    __slots__ = ("_dogpile", "_creator", "_value_fn", "_value_and_created_fn")
+
+    def __init__(
+        self,
+        dogpile: Dogpile,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+    ) -> None:
+        self._dogpile = dogpile
+        self._creator = creator
+        self._value_fn = value_fn
+        self._value_and_created_fn = value_and_created_fn
+
+    def __enter__(self) -> Any:
+        return self._dogpile._enter(
+            self._creator, self._value_fn, self._value_and_created_fn
+        )
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._dogpile._exit()
+
+
+class SyncReaderDogpile(Dogpile):
+    """A Dogpile whose ``acquire()`` block also holds a read lock, so that a
+    writer (``acquire_write_lock()``) can exclude every reader while it
+    changes the value in place."""
+
+    __slots__ = ("_rw",)
+
+    def __init__(self, expiretime: Optional[float], init: bool = False, lock: Any = None) -> None:
+        super().__init__(expiretime, init, lock)
+        self._rw = ReadWriteMutex()
+
+    @property
+    def readwritelock(self) -> "ReadWriteMutex":
+        """The ReadWriteMutex that acquire() reads under."""
+        return self._rw
+
+    def acquire_write_lock(self) -> "_WriteLock":
+        """Return a context manager that holds the write lock."""
+        return _WriteLock(self._rw)
+
+    def _enter(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+    ) -> Any:
+        value = Dogpile._enter(self, creator, value_fn, value_and_created_fn)
+        self._rw.acquire_read_lock()
+        return value
+
+    def _exit(self) -> None:
+        self._rw.release_read_lock()
+
+
+class _WriteLock:
+    __slots__ = ("_rw",)
+
+    def __init__(self, rw: "ReadWriteMutex") -> None:
+        self._rw = rw
+
+    def __enter__(self) -> None:
+        self._rw.acquire_write_lock()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._rw.release_write_lock()
+
+
+class Lock:
+    """The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
+
+    :param mutex: an object with ``acquire()``, ``acquire(False)`` and
+        ``release()``.
+    :param creator: returns a new ``(value, createdtime)``.
+    :param value_and_created_fn: returns the stored ``(value, createdtime)``
+        or raises NeedRegenerationException.
+    :param expiretime: seconds a value stays fresh, or None for never.
+    :param async_creator: if given, called with the (acquired) mutex instead
+        of ``creator`` when a stale value exists; it must release the mutex
+        itself, and the stale value is returned at once.
+    """
+
+    __slots__ = ("mutex", "creator", "value_and_created_fn", "_expiretime", "async_creator")
+
+    def __init__(
+        self,
+        mutex: Any,
+        creator: Callable[[], Any],
+        value_and_created_fn: Callable[[], Any],
+        expiretime: Optional[float],
+        async_creator: Optional[Callable[[Any], Any]] = None,
+    ) -> None:
+        check_callable("creator", creator)
+        check_callable("value_and_created_fn", value_and_created_fn)
+        check_callable("async_creator", async_creator, optional=True)
+        self._expiretime = expiretime_seconds(expiretime)
+        self.mutex = mutex
+        self.creator = creator
+        self.value_and_created_fn = value_and_created_fn
+        self.async_creator = async_creator
+
+    @property
+    def expiretime(self) -> Optional[float]:
+        """Seconds a value stays fresh, or None for never."""
+        return expiretime_public(self._expiretime)
+
+    def __enter__(self) -> Any:
+        try:
+            value, createdtime = unpack_pair(
+                self.value_and_created_fn(), "value_and_created_fn"
+            )
+        except NeedRegenerationException:
+            value, createdtime = _NO_VALUE, -1.0
+        if not _is_expired(createdtime, self._expiretime):
+            return value
+        return self._create(value, createdtime)
+
+    def _create(self, value: Any, createdtime: float) -> Any:
+        mutex = self.mutex
+        check_lock(mutex, "mutex")
+        has_value = createdtime > 0 and value is not _NO_VALUE
+        if has_value:
+            if not mutex.acquire(False):
+                return value
+        else:
+            mutex.acquire()
+        handed_off = False
+        try:
+            # Another thread or process may have created meanwhile.
+            try:
+                value, createdtime = unpack_pair(
+                    self.value_and_created_fn(), "value_and_created_fn"
+                )
+            except NeedRegenerationException:
+                value, createdtime = _NO_VALUE, -1.0
+            has_value = createdtime > 0 and value is not _NO_VALUE
+            if has_value and not _is_expired(createdtime, self._expiretime):
+                return value
+            if has_value and self.async_creator is not None:
+                handed_off = True
+                self.async_creator(mutex)
+                return value
+            value, createdtime = unpack_pair(self.creator(), "creator")
+            return value
+        finally:
+            if not handed_off:
+                mutex.release()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        pass
+
+
+class NameRegistry:
+    """Keeps one object per identifier for as long as anything references it.
+
+    ``get(identifier, *args, **kw)`` returns that object, calling
+    ``creator(identifier, *args, **kw)`` to make it when there is none; the
+    entry goes away once the object is no longer referenced elsewhere, so
+    the object must support weak references.
+    """
+
+    __slots__ = ("creator", "_values", "_mutex", "__weakref__")
+
+    def __init__(self, creator: Callable[..., Any]) -> None:
+        check_callable("creator", creator)
+        self.creator = creator
+        self._values: "dict[Any, weakref.ref[Any]]" = {}
+        # Reentrant: a creator may look up another identifier.
+        self._mutex = threading.RLock()
+
+    def get(self, identifier: Any, *args: Any, **kw: Any) -> Any:
+        """Return the object for ``identifier``, creating it if needed."""
+        ref = self._values.get(identifier)
+        if ref is not None:
+            obj = ref()
+            if obj is not None:
+                return obj
+        return self._sync_get(identifier, args, kw)
+
+    def _sync_get(self, identifier: Any, args: Any, kw: Any) -> Any:
+        with self._mutex:
+            ref = self._values.get(identifier)
+            if ref is not None:
+                obj = ref()
+                if obj is not None:
+                    return obj
+            obj = self.creator(identifier, *args, **kw)
+            try:
+                self._values[identifier] = weakref.ref(
+                    obj, _Forget(self._values, identifier)
+                )
+            except TypeError:
+                raise TypeError(
+                    "NameRegistry's creator must return an object that "
+                    f"supports weak references, not {type(obj).__name__!r}"
+                ) from None
+            return obj
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+try:
+    from _weakref import _remove_dead_weakref
+except ImportError:  # pragma: no cover - every CPython 3.9+ has it
+
+    def _remove_dead_weakref(d: Any, key: Any) -> None:
+        ref = d.get(key)
+        if ref is not None and ref() is None:
+            del d[key]
+
+
+class _Forget:
+    """Weakref callback that drops a dead entry.  It holds the dict, not the
+    registry, so a registry can be collected while its objects live on; it
+    removes the key only while it still maps to a dead reference, so a
+    newer object for the same identifier is never dropped."""
+
+    __slots__ = ("_values", "_key")
+
+    def __init__(self, values: Any, key: Any) -> None:
+        self._values = values
+        self._key = key
+
+    def __call__(self, ref: Any) -> None:
+        _remove_dead_weakref(self._values, self._key)
+
+
+class ReadWriteMutex:
+    """A lock that many readers or one writer can hold.
+
+    Writers are preferred: once a writer waits, new readers wait behind it,
+    so a stream of readers cannot starve it.  A thread must not take a read
+    lock again while it holds one if a writer may be waiting.
+    """
+
+    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting", "__weakref__")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer: Optional[int] = None
+        self._writers_waiting = 0
+
+    def acquire_read_lock(self, wait: bool = True) -> bool:
+        """Take a read lock; with ``wait=False`` return False if busy."""
+        with self._cond:
+            while self._writer is not None or self._writers_waiting:
+                if not wait:
+                    return False
+                self._cond.wait()
+            self._readers += 1
+            return True
+
+    def release_read_lock(self) -> None:
+        """Release one read lock."""
+        with self._cond:
+            if self._readers <= 0:
+                raise LockError("release_read_lock(): no read lock is held")
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    def acquire_write_lock(self, wait: bool = True) -> bool:
+        """Take the write lock; with ``wait=False`` return False if busy."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer is None and self._readers == 0:
+                self._writer = me
+                return True
+            if not wait:
+                return False
+            self._writers_waiting += 1
+            try:
+                while self._writer is not None or self._readers:
+                    self._cond.wait()
+            except BaseException:
+                # Interrupted: the readers this writer held back may go on.
+                self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
+            self._writer = me
+            return True
+
+    def release_write_lock(self) -> None:
+        """Release the write lock held by this thread."""
+        with self._cond:
+            if self._writer != threading.get_ident():
+                raise LockError(
+                    "release_write_lock(): this thread does not hold the write lock"
+                )
+            self._writer = None
+            self._cond.notify_all()

@@ -1,0 +1,16 @@
+"""Exceptions shared by both implementations.
+
+They live apart from either implementation so that ``except
+dogpile.NeedRegenerationException`` catches what both raise, whichever one
+``import dogpile`` chose.
+"""
+
+
+class NeedRegenerationException(Exception):
+    """Raised by a ``value_fn`` or ``value_and_created_fn`` to say that there
+    is no value: the Dogpile treats it as never created and creates it."""
+
+
+class LockError(Exception):
+    """A lock was used wrongly: released when not held, or taken again by
+    the thread that is already inside it."""

@@ -1,0 +1,83 @@
+"""Every behaviour test runs against both implementations through the
+``impl`` fixture: the compiled core and its pure-Python twin.
+
+The compiled run is never skipped silently.  If ``dogpile._core`` does not
+import, the compiled tests fail, unless the pure install was asked for
+(``DOGPILE_NO_EXTENSIONS`` set, or ``--no-c-extensions``), in which case
+they are deselected and the summary says so.
+"""
+
+import importlib
+import os
+import threading
+
+import pytest
+
+import dogpile
+
+# Every wait in the suite has this deadline: a broken lock fails a test
+# instead of hanging the run.
+DEADLINE = 10.0
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--no-c-extensions",
+        action="store_true",
+        default=False,
+        help="run only the pure-Python implementation",
+    )
+
+
+def _pure_only(config):
+    return bool(config.getoption("--no-c-extensions") or os.environ.get("DOGPILE_NO_EXTENSIONS"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _pure_only(config):
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("c_extension") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+IMPLEMENTATIONS = [
+    pytest.param("python", id="python"),
+    pytest.param("cython", id="cython", marks=pytest.mark.c_extension),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS, scope="session")
+def impl(request):
+    """The implementation module under test: ``dogpile._core_py`` or
+    ``dogpile._core``.  Both expose Dogpile, SyncReaderDogpile, Lock,
+    NameRegistry and ReadWriteMutex; the exceptions are shared and live on
+    ``dogpile`` itself."""
+    if request.param == "python":
+        return importlib.import_module("dogpile._core_py")
+    return importlib.import_module("dogpile._core")
+
+
+def run_threads(target, count, *args):
+    """Start ``count`` threads running ``target(i, *args)``, join each with
+    a deadline, and re-raise the first exception any of them raised."""
+    errors = []
+
+    def wrap(i):
+        try:
+            target(i, *args)
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    alive = [t for t in threads if t.is_alive()]
+    assert not alive, f"{len(alive)} of {count} threads still running after {DEADLINE}s"
+    if errors:
+        raise errors[0]

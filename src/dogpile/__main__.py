@@ -1,0 +1,8 @@
+"""``python -m dogpile``: the stampede demonstration (see ``_demo``)."""
+
+import sys
+
+from ._demo import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``python -m dogpile``, run the way a user runs it: in a subprocess, from a
+directory that is not the source tree.
+
+The demo runs whichever implementation ``import dogpile`` picks (or the
+twin, with ``--pure``), so these tests do not take the ``impl`` fixture.
+Assertions are on counts that the lock guarantees, never on timings.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import dogpile
+from dogpile import _demo
+
+SMALL = ["--threads", "4", "--duration", "0.5", "--expire", "0.1", "--backend-ms", "20"]
+OPTIONS = ["--threads", "--duration", "--expire", "--backend-ms", "--pure"]
+
+
+def run_demo(tmp_path, *args, env=None, timeout=30):
+    """Run ``python -m dogpile`` against the same package this test imported
+    (installed or from the source tree), from a neutral directory."""
+    env = dict(os.environ if env is None else env)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_parent, *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "dogpile", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def table_rows(stdout):
+    """{run name: [reads, calls, calls/expiry, stale, p50, p99, max]}."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if cells and cells[0] in ("unprotected", "dogpile") and len(cells) == 8:
+            rows[cells[0]] = [float(cell) for cell in cells[1:]]
+    return rows
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
+def test_dogpile_calls_the_backend_about_once_per_expiry(tmp_path, pure):
+    env = dict(os.environ)
+    if pure:
+        # --pure alone must force the twin, even where the compiled core exists.
+        env.pop("DOGPILE_NO_EXTENSIONS", None)
+    result = run_demo(tmp_path, *SMALL, *(["--pure"] if pure else []), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+    header = result.stdout.splitlines()[0]
+    assert "4 threads" in header
+    if pure:
+        assert "implementation python" in header
+
+    rows = table_rows(result.stdout)
+    assert set(rows) == {"unprotected", "dogpile"}, result.stdout
+    unprotected, protected = rows["unprotected"], rows["dogpile"]
+    # The lock lets one caller refresh per expiry, and each refresh starts
+    # at least 0.1 s after the previous one ended, so however slow the
+    # machine, calls per expiry stays under 0.1 / 0.12 plus the first
+    # creation's share (about 1.03 here).
+    assert protected[1] >= 1
+    assert protected[2] <= 1.5
+    # Unprotected, every expiry costs at least one call too.
+    assert unprotected[1] >= protected[1]
+    # Unprotected readers never hand out an expired value.
+    assert unprotected[3] == 0
+
+
+def test_default_run(tmp_path):
+    result = run_demo(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"implementation {dogpile.IMPLEMENTATION}" in result.stdout
+    assert "16 threads" in result.stdout
+    assert set(table_rows(result.stdout)) == {"unprotected", "dogpile"}
+
+
+def test_help_explains_each_option(tmp_path):
+    result = run_demo(tmp_path, "--help")
+    assert result.returncode == 0
+    for option in OPTIONS:
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--threads", "0"],
+        ["--threads", "x"],
+        ["--threads", "2.5"],
+        ["--duration", "-1"],
+        ["--duration", "0"],
+        ["--expire", "nan"],
+        ["--backend-ms", "-5"],
+        ["--no-such-option"],
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_bad_values_get_one_line_and_status_2(tmp_path, args):
+    result = run_demo(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error" in lines[0]
+
+
+def test_error_names_the_option_and_the_value(capsys):
+    assert _demo.main(["--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "0" in err
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(i) for i in range(1, 101)]
+    assert _demo.percentile(values, 50) == 50.0
+    assert _demo.percentile(values, 99) == 99.0
+    assert _demo.percentile(values, 100) == 100.0
+    assert _demo.percentile([7.0], 99) == 7.0
+    assert _demo.percentile([], 50) == 0.0

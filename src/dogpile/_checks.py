@@ -31,7 +31,7 @@ def expiretime_seconds(expiretime: Any) -> float:
 
 
 def expiretime_public(seconds: float) -> "float | None":
-    return None if seconds == INFINITY else seconds
+    return None if seconds == INFINITY else float(seconds)
 
 
 def createdtime_seconds(createdtime: Any, source: str = "createdtime") -> float:

@@ -149,7 +149,6 @@ cdef class Dogpile:
     cdef object _lock      # a custom lock, or None for _word
     cdef dp_word _word     # the native lock: 0, or its holder's fork generation
     cdef object __weakref__
-    cdef _Acquisition _last
 
     def __cinit__(self):
         self._createdtime = -1.0
@@ -210,16 +209,7 @@ cdef class Dogpile:
             and not _optional_fns_ok(value_fn, value_and_created_fn)
         ):
             check_acquire_args(creator, value_fn, value_and_created_fn)
-        # The context manager holds nothing but these arguments, so the one
-        # made for the previous call serves again when they are the same
-        # objects (the usual case: one creator function per Dogpile).  That
-        # saves its allocation, a fifth of a fresh hit.
-        cdef _Acquisition acq = self._last
-        if (acq is not None and acq.creator is creator and acq.value_fn is value_fn
-                and acq.value_and_created_fn is value_and_created_fn):
-            return acq
-        acq = _Acquisition.__new__(_Acquisition)
-        self._last = acq
+        cdef _Acquisition acq = _Acquisition.__new__(_Acquisition)
         acq.dogpile = self
         acq.creator = creator
         acq.value_fn = value_fn
@@ -239,9 +229,11 @@ cdef class Dogpile:
                 createdtime = -1.0
             self._createdtime = createdtime
         elif value_fn is not None:
+            # The time before the value, as for the plain path below: a
+            # value newer than its time is harmless, the reverse is not.
+            createdtime = self._createdtime
             try:
                 value = value_fn()
-                createdtime = self._createdtime
             except NeedRegenerationException:
                 # Not stored in self: a creation may have finished since
                 # value_fn looked, and its time must stand (the check under
@@ -336,10 +328,14 @@ cdef inline bint _optional_fns_ok(object value_fn, object value_and_created_fn):
 
 
 # One of these is made per acquire(), so it is kept cheap: a freelist
-# instead of malloc, and no GC tracking (it only ever references the
-# Dogpile and the caller's functions; a cycle through it would need a
-# caller to store it inside one of those).
+# instead of malloc, and no GC tracking (it references only the Dogpile and
+# the caller's functions; a cycle through it would need a caller to store
+# it inside one of those).  Caching one per Dogpile would save a little
+# more, but the cache would reference the Dogpile back, and a Dogpile in a
+# cycle outlives its last reference until the collector runs, which keeps
+# NameRegistry entries alive.
 @cython.final
+@cython.no_gc
 @cython.freelist(32)
 cdef class _Acquisition:
     """The context manager that Dogpile.acquire() returns."""
@@ -422,12 +418,9 @@ cdef class Lock:
     cdef double _expiretime
 
     def __init__(self, mutex, creator, value_and_created_fn, expiretime, async_creator=None):
-        if not callable(creator):
-            check_callable("creator", creator)
-        if not callable(value_and_created_fn):
-            check_callable("value_and_created_fn", value_and_created_fn)
-        if async_creator is not None and not callable(async_creator):
-            check_callable("async_creator", async_creator)
+        # The functions are checked when they are first needed, before
+        # anything is locked, as in the Python twin (where checks here would
+        # tax every use).
         self._expiretime = _seconds(expiretime)
         self.mutex = mutex
         self.creator = creator
@@ -442,10 +435,13 @@ cdef class Lock:
     def __enter__(self):
         cdef double createdtime
         try:
-            value = _pair(self.value_and_created_fn(), "value_and_created_fn", &createdtime)
+            pair = self.value_and_created_fn()
         except NeedRegenerationException:
-            value = _NO_VALUE
-            createdtime = -1.0
+            return self._create(_NO_VALUE, -1.0)
+        except TypeError:
+            check_callable("value_and_created_fn", self.value_and_created_fn)
+            raise
+        value = _pair(pair, "value_and_created_fn", &createdtime)
         if not _expired(createdtime, self._expiretime):
             return value
         return self._create(value, createdtime)
@@ -454,12 +450,20 @@ cdef class Lock:
         cdef object mutex = self.mutex
         cdef bint has_value = createdtime > 0 and value is not _NO_VALUE
         cdef bint handed_off = False
-        check_lock(mutex, "mutex")
-        if has_value:
-            if not mutex.acquire(False):
-                return value
-        else:
-            mutex.acquire()
+        if not callable(self.creator):
+            check_callable("creator", self.creator)
+        if self.async_creator is not None and not callable(self.async_creator):
+            check_callable("async_creator", self.async_creator)
+        # Not checked at construction: that would tax every fresh hit.
+        try:
+            if has_value:
+                if not mutex.acquire(False):
+                    return value
+            else:
+                mutex.acquire()
+        except AttributeError:
+            check_lock(mutex, "mutex")
+            raise
         try:
             # Another thread or process may have created meanwhile.
             try:
@@ -477,10 +481,18 @@ cdef class Lock:
             return _pair(self.creator(), "creator", &createdtime)
         finally:
             if not handed_off:
-                mutex.release()
+                _release(mutex)
 
     def __exit__(self, exc_type, exc, tb):
         pass
+
+
+cdef _release(object mutex):
+    try:
+        mutex.release()
+    except AttributeError:
+        check_lock(mutex, "mutex")
+        raise
 
 
 cdef class NameRegistry:

@@ -7,7 +7,7 @@ two differ, one of them has a bug.  ``import dogpile`` picks one of them.
 
 import os
 import threading
-import time
+from time import time as _now
 import weakref
 from typing import Any, Callable, Optional
 
@@ -51,12 +51,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+_INF = float("inf")
+
+
 def _is_expired(createdtime: float, expiretime: float) -> bool:
     if createdtime <= 0:
         return True
-    if expiretime == float("inf"):
+    if expiretime == _INF:
         return False
-    age = time.time() - createdtime
+    age = _now() - createdtime
     # A creation time further ahead than the expiry time comes from a clock
     # that was stepped back or a host whose clock runs ahead: call it
     # expired, so one regeneration repairs it instead of waiting for the
@@ -68,6 +71,24 @@ def _optional_fns_ok(value_fn: Any, value_and_created_fn: Any) -> bool:
     if value_fn is None:
         return callable(value_and_created_fn)
     return value_and_created_fn is None and callable(value_fn)
+
+
+def _pair(result: Any, source: str) -> Any:
+    """``result`` as a ``(value, createdtime)`` pair; the exact tuple with a
+    float time passes straight through, anything else through _checks."""
+    if type(result) is tuple and len(result) == 2:
+        createdtime = result[1]
+        if type(createdtime) is float and createdtime == createdtime:  # not nan
+            return result
+    return unpack_pair(result, source)
+
+
+def _seconds(expiretime: Any) -> float:
+    if expiretime is None:
+        return _INF
+    if type(expiretime) is float and expiretime >= 0:  # false for nan
+        return expiretime
+    return expiretime_seconds(expiretime)
 
 
 class Dogpile:
@@ -93,7 +114,7 @@ class Dogpile:
     )
 
     def __init__(self, expiretime: Optional[float], init: bool = False, lock: Any = None) -> None:
-        self._expiretime = expiretime_seconds(expiretime)
+        self._expiretime = _seconds(expiretime)
         if lock is None:
             self._lock: Any = threading.Lock()
             self._custom_lock = False
@@ -103,7 +124,7 @@ class Dogpile:
             self._custom_lock = True
         self._lock_generation = _fork_generation
         self._value: Any = None
-        self._createdtime = time.time() if init else -1.0
+        self._createdtime = _now() if init else -1.0
 
     @property
     def createdtime(self) -> float:
@@ -169,16 +190,16 @@ class Dogpile:
     ) -> Any:
         if value_and_created_fn is not None:
             try:
-                value, createdtime = unpack_pair(
-                    value_and_created_fn(), "value_and_created_fn"
-                )
+                value, createdtime = _pair(value_and_created_fn(), "value_and_created_fn")
             except NeedRegenerationException:
                 value, createdtime = _NO_VALUE, -1.0
             self._createdtime = createdtime
         elif value_fn is not None:
+            # The time before the value, as for the plain path below: a
+            # value newer than its time is harmless, the reverse is not.
+            createdtime = self._createdtime
             try:
                 value = value_fn()
-                createdtime = self._createdtime
             except NeedRegenerationException:
                 # Not stored in self: a creation may have finished since
                 # value_fn looked, and its time must stand (the check under
@@ -189,8 +210,14 @@ class Dogpile:
             # a fresh time never pairs with an older value.
             createdtime = self._createdtime
             value = self._value
-        if not _is_expired(createdtime, self._expiretime):
-            return value
+        # _is_expired, inlined: this is the fresh-hit path.
+        if createdtime > 0:
+            expiretime = self._expiretime
+            if expiretime == _INF:
+                return value
+            age = _now() - createdtime
+            if -expiretime <= age <= expiretime:
+                return value
         return self._create(creator, value_fn, value_and_created_fn, value, createdtime)
 
     def _mutex_now(self) -> Any:
@@ -222,15 +249,13 @@ class Dogpile:
             # Someone may have created while we were getting here.
             if value_and_created_fn is not None:
                 try:
-                    value, createdtime = unpack_pair(
-                        value_and_created_fn(), "value_and_created_fn"
-                    )
+                    value, createdtime = _pair(value_and_created_fn(), "value_and_created_fn")
                 except NeedRegenerationException:
                     value, createdtime = _NO_VALUE, -1.0
                 self._createdtime = createdtime
                 if value is not _NO_VALUE and not _is_expired(createdtime, self._expiretime):
                     return value
-                value, createdtime = unpack_pair(creator(), "creator")
+                value, createdtime = _pair(creator(), "creator")
                 self._createdtime = createdtime
                 return value
             if value_fn is not None:
@@ -240,13 +265,13 @@ class Dogpile:
                     except NeedRegenerationException:
                         pass
                 value = creator()
-                self._createdtime = time.time()
+                self._createdtime = _now()
                 return value
             if not _is_expired(self._createdtime, self._expiretime):
                 return self._value
             value = creator()
             self._value = value
-            self._createdtime = time.time()
+            self._createdtime = _now()
             return value
         finally:
             mutex.release()
@@ -283,7 +308,7 @@ class _Acquisition:
             self._creator, self._value_fn, self._value_and_created_fn
         )
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._dogpile._exit()
 
 
@@ -330,7 +355,7 @@ class _WriteLock:
     def __enter__(self) -> None:
         self._rw.acquire_write_lock()
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self._rw.release_write_lock()
 
 
@@ -358,10 +383,15 @@ class Lock:
         expiretime: Optional[float],
         async_creator: Optional[Callable[[Any], Any]] = None,
     ) -> None:
-        check_callable("creator", creator)
-        check_callable("value_and_created_fn", value_and_created_fn)
-        check_callable("async_creator", async_creator, optional=True)
-        self._expiretime = expiretime_seconds(expiretime)
+        # Made for every use (``with Lock(...)``): the functions are
+        # checked when they are first needed, before anything is locked.
+        if expiretime is None:
+            self._expiretime = _INF
+        elif expiretime.__class__ is int and expiretime >= 0:
+            # kept as an int: it compares with a float age just the same
+            self._expiretime = expiretime
+        else:
+            self._expiretime = _seconds(expiretime)
         self.mutex = mutex
         self.creator = creator
         self.value_and_created_fn = value_and_created_fn
@@ -374,31 +404,51 @@ class Lock:
 
     def __enter__(self) -> Any:
         try:
-            value, createdtime = unpack_pair(
-                self.value_and_created_fn(), "value_and_created_fn"
-            )
+            pair = self.value_and_created_fn()
         except NeedRegenerationException:
-            value, createdtime = _NO_VALUE, -1.0
-        if not _is_expired(createdtime, self._expiretime):
-            return value
+            return self._create(_NO_VALUE, -1.0)
+        except TypeError:
+            check_callable("value_and_created_fn", self.value_and_created_fn)
+            raise
+        # _pair and _is_expired inlined, with attribute reads in place of
+        # builtin calls: this is the fresh-hit path, and every call counts
+        # in Python.  (An infinite expiry needs no special case here.)
+        if pair.__class__ is tuple:
+            try:
+                value, createdtime = pair
+            except ValueError:
+                value, createdtime = unpack_pair(pair, "value_and_created_fn")
+            if createdtime.__class__ is not float or createdtime != createdtime:
+                value, createdtime = unpack_pair(pair, "value_and_created_fn")
+        else:
+            value, createdtime = unpack_pair(pair, "value_and_created_fn")
+        if createdtime > 0:
+            expiretime = self._expiretime
+            age = _now() - createdtime
+            if -expiretime <= age <= expiretime:
+                return value
         return self._create(value, createdtime)
 
     def _create(self, value: Any, createdtime: float) -> Any:
         mutex = self.mutex
-        check_lock(mutex, "mutex")
         has_value = createdtime > 0 and value is not _NO_VALUE
-        if has_value:
-            if not mutex.acquire(False):
-                return value
-        else:
-            mutex.acquire()
+        check_callable("creator", self.creator)
+        check_callable("async_creator", self.async_creator, optional=True)
+        # Not checked at construction: that would tax every fresh hit.
+        try:
+            if has_value:
+                if not mutex.acquire(False):
+                    return value
+            else:
+                mutex.acquire()
+        except AttributeError:
+            check_lock(mutex, "mutex")
+            raise
         handed_off = False
         try:
             # Another thread or process may have created meanwhile.
             try:
-                value, createdtime = unpack_pair(
-                    self.value_and_created_fn(), "value_and_created_fn"
-                )
+                value, createdtime = _pair(self.value_and_created_fn(), "value_and_created_fn")
             except NeedRegenerationException:
                 value, createdtime = _NO_VALUE, -1.0
             has_value = createdtime > 0 and value is not _NO_VALUE
@@ -408,14 +458,22 @@ class Lock:
                 handed_off = True
                 self.async_creator(mutex)
                 return value
-            value, createdtime = unpack_pair(self.creator(), "creator")
+            value, createdtime = _pair(self.creator(), "creator")
             return value
         finally:
             if not handed_off:
-                mutex.release()
+                _release(mutex)
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         pass
+
+
+def _release(mutex: Any) -> None:
+    try:
+        mutex.release()
+    except AttributeError:
+        check_lock(mutex, "mutex")
+        raise
 
 
 class NameRegistry:

@@ -514,9 +514,8 @@ def lock_api_bad_shape(n):
 
 @path(made=1, raised=0)
 def new_dogpile_each_cycle(n):
-    # A Dogpile that was acquired may sit in a reference cycle (the
-    # compiled core caches its last context manager, which points back at
-    # it): it must still be freed, if only by the cyclic GC.
+    # Every Dogpile made and acquired here must be freed again (an earlier
+    # compiled core kept a context manager pointing back at its Dogpile).
     for _ in range(n):
         d = core.Dogpile(3600)
         with d.acquire(make_val):

@@ -12,8 +12,7 @@ of creators that raise, for the store modes a random rate of evictions
 NeedRegenerationException), and either the default lock or an
 instrumented ``threading.Lock``.  Sixteen threads start together on a
 barrier and run random operations on random slots, each op choosing at
-random between the slot's one creator object and a fresh closure (the
-compiled core caches the context manager of the last call).
+random between the slot's one creator object and a fresh closure.
 
 The invariants, checked on every operation or at the end:
 

@@ -322,3 +322,26 @@ def test_need_regeneration_under_the_lock_creates(impl):
 
     with d.acquire(creator, value_fn=value_fn) as value:
         assert value == "made"
+
+
+def test_a_dogpile_is_freed_with_its_last_reference(impl):
+    """Guards against a Dogpile that lives on in a reference cycle after
+    use (an earlier compiled core kept a context manager pointing back at
+    it): a NameRegistry entry would then outlive its last user until the
+    cyclic collector happened to run."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        d = impl.Dogpile(3600)
+        with d.acquire(lambda: "v") as value:
+            assert value == "v"
+        d.createdtime = 1.0  # through the creation path once more
+        with d.acquire(lambda: "w"):
+            pass
+        ref = weakref.ref(d)
+        del d
+        assert ref() is None
+    finally:
+        gc.enable()

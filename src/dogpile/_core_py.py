@@ -385,10 +385,9 @@ class Lock:
     ) -> None:
         # Made for every use (``with Lock(...)``): the functions are
         # checked when they are first needed, before anything is locked.
-        if expiretime is None:
-            self._expiretime = _INF
-        elif expiretime.__class__ is int and expiretime >= 0:
-            # kept as an int: it compares with a float age just the same
+        kind = expiretime.__class__
+        if (kind is float or kind is int) and expiretime >= 0:  # false for nan
+            # an int is kept as it is: it compares with a float age the same
             self._expiretime = expiretime
         else:
             self._expiretime = _seconds(expiretime)

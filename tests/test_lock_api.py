@@ -1,0 +1,355 @@
+"""The dogpile.core 0.4 / dogpile.cache API:
+``with Lock(mutex, creator, value_and_created_fn, expiretime, async_creator) as value``.
+
+The value lives outside the lock (here: a dict), as in a cache backend."""
+
+import threading
+import time
+
+import pytest
+from conftest import DEADLINE, run_threads
+
+from dogpile import NeedRegenerationException
+
+LONG_AGO = 7200.0
+
+
+class CountingMutex:
+    """A threading.Lock that counts its calls and lets a test wait until a
+    number of callers have entered a blocking ``acquire()``.  Like
+    threading.Lock, any thread may release it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.attempts = 0
+        self.blocking_attempts = 0
+        self.acquired = 0
+        self.released = 0
+
+    def acquire(self, blocking=True, timeout=-1):
+        with self._cond:
+            self.attempts += 1
+            if blocking:
+                self.blocking_attempts += 1
+            self._cond.notify_all()
+        if blocking and timeout == -1:
+            # A lock leaked by the code under test fails the test on the
+            # deadline instead of hanging the run.
+            got = self._lock.acquire(True, DEADLINE)
+            assert got, f"blocking acquire() still waiting after {DEADLINE}s: lock leaked?"
+        else:
+            got = self._lock.acquire(blocking, timeout)
+        if got:
+            with self._cond:
+                self.acquired += 1
+        return got
+
+    def release(self):
+        with self._cond:
+            self.released += 1
+        self._lock.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+    def wait_for_blocking_attempts(self, n):
+        with self._cond:
+            return self._cond.wait_for(lambda: self.blocking_attempts >= n, DEADLINE)
+
+
+class Backend:
+    """A cache in a dict: ``get`` is the value_and_created_fn, ``creator``
+    makes and stores a new value and counts its calls."""
+
+    def __init__(self, value=None, age=None):
+        self.store = {}
+        self.calls = 0
+        self.next_value = "new"
+        if value is not None:
+            self.store["pair"] = (value, time.time() - age)
+
+    def get(self):
+        if "pair" not in self.store:
+            raise NeedRegenerationException()
+        return self.store["pair"]
+
+    def creator(self):
+        self.calls += 1
+        self.store["pair"] = (self.next_value, time.time())
+        return self.store["pair"]
+
+
+def test_fresh_value_returned_without_creating(impl):
+    backend = Backend("stored", age=5)
+    mutex = CountingMutex()
+    with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+        assert value == "stored"
+    assert backend.calls == 0
+    assert mutex.attempts == 0, "a fresh hit must not touch the mutex"
+
+
+def test_expiretime_none_never_expires(impl):
+    backend = Backend("stored", age=10 * LONG_AGO)
+    lock = impl.Lock(CountingMutex(), backend.creator, backend.get, None)
+    assert lock.expiretime is None
+    with lock as value:
+        assert value == "stored"
+    assert backend.calls == 0
+
+
+def test_missing_value_creates(impl):
+    backend = Backend()
+    mutex = CountingMutex()
+    with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+        assert value == "new"
+    assert backend.calls == 1
+    assert mutex.acquired == mutex.released == 1
+    assert not mutex.locked()
+    # Now stored and fresh: no second creation.
+    with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+        assert value == "new"
+    assert backend.calls == 1
+
+
+def test_missing_value_rechecked_under_the_mutex(impl):
+    """Another process may have created while this one waited for the
+    mutex: value_and_created_fn is asked again before creating."""
+    backend = Backend()
+    answers = iter(["miss"])
+
+    def get():
+        if next(answers, None) == "miss":
+            raise NeedRegenerationException()
+        return ("made elsewhere", time.time())
+
+    with impl.Lock(CountingMutex(), backend.creator, get, 3600) as value:
+        assert value == "made elsewhere"
+    assert backend.calls == 0
+
+
+def test_expired_with_mutex_free_creates(impl):
+    backend = Backend("old", age=LONG_AGO)
+    mutex = CountingMutex()
+    with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+        assert value == "new"
+    assert backend.calls == 1
+    assert mutex.acquired == mutex.released == 1
+
+
+def test_expired_with_mutex_held_elsewhere_returns_stale_at_once(impl):
+    """The test thread holds the mutex for the whole call, so a caller that
+    waited for it would never return."""
+    backend = Backend("old", age=LONG_AGO)
+    mutex = CountingMutex()
+    got = []
+
+    def caller(_):
+        with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+            got.append(value)
+
+    assert mutex.acquire()
+    try:
+        run_threads(caller, 1)
+    finally:
+        mutex.release()
+    assert got == ["old"]
+    assert backend.calls == 0
+    assert mutex.acquired == mutex.released == 1  # only the test's own
+
+
+def test_async_creator_gets_acquired_mutex_and_releases_it(impl):
+    """async_creator is handed the mutex, still held; the stale value comes
+    back at once; the Lock must not release the mutex itself (the
+    async_creator does, here synchronously)."""
+    backend = Backend("old", age=LONG_AGO)
+    mutex = threading.Lock()
+    handed = []
+
+    def async_creator(m):
+        handed.append((m, m.locked()))
+        backend.creator()
+        m.release()
+
+    with impl.Lock(mutex, backend.creator, backend.get, 3600, async_creator) as value:
+        assert value == "old"
+    assert len(handed) == 1
+    assert handed[0][0] is mutex
+    assert handed[0][1] is True, "async_creator got the mutex unlocked"
+    assert not mutex.locked()
+    assert backend.calls == 1
+    with impl.Lock(mutex, backend.creator, backend.get, 3600, async_creator) as value:
+        assert value == "new"
+    assert len(handed) == 1
+
+
+def test_async_creator_releasing_from_another_thread(impl):
+    """The usual dogpile.cache pattern: async_creator starts a worker that
+    regenerates and releases the mutex later.  Until then the mutex stays
+    held (the Lock did not release it behind the worker's back), and other
+    callers get the stale value without calling async_creator again."""
+    backend = Backend("old", age=LONG_AGO)
+    mutex = threading.Lock()
+    go = threading.Event()
+    workers = []
+    handed = []
+
+    def async_creator(m):
+        handed.append(m)
+
+        def work():
+            try:
+                assert go.wait(DEADLINE)
+                backend.creator()
+            finally:
+                m.release()
+
+        t = threading.Thread(target=work, daemon=True)
+        workers.append(t)
+        t.start()
+
+    def lock():
+        return impl.Lock(mutex, backend.creator, backend.get, 3600, async_creator)
+
+    try:
+        with lock() as value:
+            assert value == "old"
+        assert handed == [mutex]
+        assert mutex.locked(), "the Lock released a mutex it had handed to async_creator"
+        with lock() as value:
+            assert value == "old"
+        assert handed == [mutex]
+    finally:
+        go.set()
+    workers[0].join(DEADLINE)
+    assert not workers[0].is_alive()
+    assert not mutex.locked()
+    assert backend.calls == 1
+    with lock() as value:
+        assert value == "new"
+    assert backend.calls == 1
+
+
+def test_async_creator_not_used_without_a_value(impl):
+    """With nothing stale to return, the caller must create synchronously."""
+    backend = Backend()
+    mutex = CountingMutex()
+    handed = []
+    with impl.Lock(mutex, backend.creator, backend.get, 3600, handed.append) as value:
+        assert value == "new"
+    assert handed == []
+    assert backend.calls == 1
+    assert not mutex.locked()
+
+
+def test_no_value_many_threads_create_once(impl):
+    """16 threads find no value; all wait on the mutex while the creator
+    runs (it holds on until they are all there), and each re-checks the
+    shared store instead of creating again."""
+    backend = Backend()
+    mutex = CountingMutex()
+    barrier = threading.Barrier(16)
+    results = []
+
+    def creator():
+        assert mutex.wait_for_blocking_attempts(16), "not every thread reached the mutex"
+        return backend.creator()
+
+    def worker(_):
+        barrier.wait(DEADLINE)
+        with impl.Lock(mutex, creator, backend.get, 3600) as value:
+            results.append(value)
+
+    run_threads(worker, 16)
+    assert backend.calls == 1
+    assert results == ["new"] * 16
+    assert mutex.acquired == mutex.released == 16
+    assert not mutex.locked()
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("age", [None, LONG_AGO], ids=["missing", "expired"])
+def test_creator_raising_releases_mutex(impl, age):
+    backend = Backend("old", age=age) if age else Backend()
+    mutex = CountingMutex()
+
+    def fail():
+        raise Boom("backend down")
+
+    with pytest.raises(Boom, match="backend down"):
+        with impl.Lock(mutex, fail, backend.get, 3600):
+            pass
+    assert not mutex.locked()
+    assert mutex.acquired == mutex.released == 1
+    with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
+        assert value == "new"
+    assert backend.calls == 1
+
+
+def test_value_and_created_fn_non_pair_is_type_error(impl):
+    mutex = CountingMutex()
+    with pytest.raises(TypeError) as info:
+        with impl.Lock(mutex, Backend().creator, lambda: "bare value", 3600):
+            pass
+    message = str(info.value)
+    assert "value_and_created_fn" in message
+    assert "(value, createdtime) pair" in message
+    assert "bare value" in message
+    assert not mutex.locked()
+
+
+def test_value_and_created_fn_non_pair_under_mutex_releases_it(impl):
+    mutex = CountingMutex()
+    answers = iter([("old", time.time() - LONG_AGO), 42])
+    with pytest.raises(TypeError, match="value_and_created_fn must return a"):
+        with impl.Lock(mutex, Backend().creator, lambda: next(answers), 3600):
+            pass
+    assert mutex.acquired == mutex.released == 1
+    assert not mutex.locked()
+
+
+def test_creator_non_pair_is_type_error_naming_creator(impl):
+    mutex = CountingMutex()
+    with pytest.raises(TypeError) as info:
+        with impl.Lock(mutex, lambda: "bare value", Backend().get, 3600):
+            pass
+    message = str(info.value)
+    assert message.startswith("creator ")
+    assert "(value, createdtime) pair" in message
+    assert not mutex.locked()
+    assert mutex.acquired == mutex.released == 1
+
+
+@pytest.mark.parametrize(
+    "args, exc, message",
+    [
+        ((Backend().creator, Backend().get, -1), ValueError, ">= 0"),
+        ((Backend().creator, Backend().get, "x"), TypeError, "expiretime"),
+    ],
+)
+def test_bad_constructor_arguments(impl, args, exc, message):
+    with pytest.raises(exc, match=message):
+        impl.Lock(threading.Lock(), *args)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((5, Backend().get, 10), "creator must be callable"),
+        ((Backend().creator, None, 10), "value_and_created_fn must be callable"),
+        ((Backend().creator, Backend().get, 10, "x"), "async_creator must be callable"),
+    ],
+)
+def test_functions_that_are_not_callable_fail_before_locking(impl, args, message):
+    """A Lock is made for every use, so its functions are checked when they
+    are first needed (here: no value, so every one of them), not at
+    construction; the error still comes before the mutex is taken."""
+    mutex = CountingMutex()
+    with pytest.raises(TypeError, match=message):
+        with impl.Lock(mutex, *args):
+            pass
+    assert mutex.attempts == 0
+    assert not mutex.locked()

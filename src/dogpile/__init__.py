@@ -12,7 +12,7 @@ import os as _os
 import sys as _sys
 from typing import TYPE_CHECKING
 
-from ._errors import LockError, NeedRegenerationException
+from ._errors import LockError, LockTimeout, NeedRegenerationException
 
 __version__ = "1.0.0a1"
 
@@ -47,6 +47,7 @@ __all__ = [
     "NameRegistry",
     "ReadWriteMutex",
     "LockError",
+    "LockTimeout",
     "Lock",
     "IMPLEMENTATION",
     "__version__",

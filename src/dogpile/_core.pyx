@@ -106,6 +106,9 @@ cdef inline double _seconds(object expiretime) except? -1:
             return PyFloat_AS_DOUBLE(expiretime)
     elif expiretime is None:
         return INFINITY
+    elif type(expiretime) is int:
+        if expiretime >= 0:
+            return <double>expiretime
     return expiretime_seconds(expiretime)
 
 

@@ -14,3 +14,8 @@ class NeedRegenerationException(Exception):
 class LockError(Exception):
     """A lock was used wrongly: released when not held, or taken again by
     the thread that is already inside it."""
+
+
+class LockTimeout(LockError):
+    """A caller waited ``wait_timeout`` seconds for a value that another
+    caller was creating, and gave up."""

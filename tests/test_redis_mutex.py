@@ -1,0 +1,459 @@
+"""RedisMutex's own behaviour, on a real server (see redis_server.py): the
+lease and its renewal, a lost or stolen lock, the renewer thread's life,
+bad input and an unreachable server, and the redis client as an optional
+import.  What it shares with FileMutex is in test_mutexes.py.
+
+Leases are short (0.3 to 0.5 s) so that what happens when one runs out is
+seen in well under a second; waits for the server's clock poll with a
+deadline instead of sleeping.
+"""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from conftest import DEADLINE
+from redis_server import free_port, redis_client, redis_url, unique_key  # noqa: F401 (fixtures)
+
+import dogpile
+from dogpile import LockError, NeedRegenerationException
+from dogpile.mutexes import LeaseLost, RedisMutex
+
+redis = pytest.importorskip("redis") if not os.environ.get("DOGPILE_REQUIRE_REDIS") else __import__("redis")
+
+SRC = os.path.dirname(os.path.dirname(dogpile.__file__))
+
+
+@pytest.fixture
+def key(redis_client):
+    name = unique_key("lock")
+    yield name
+    redis_client.delete(name)
+
+
+def poll(condition, what):
+    """Wait for ``condition()`` to hold, up to DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE}s"
+        time.sleep(0.005)
+
+
+def renewer_threads(key):
+    return [t for t in threading.enumerate() if t.name.endswith(repr(key)) and "renewer" in t.name]
+
+
+# -- the key ----------------------------------------------------------------------------
+
+
+def test_the_key_holds_a_random_token_with_the_lease(redis_client, key):
+    mutex = RedisMutex(redis_client, key, lease=5)
+    mutex.acquire()
+    token = redis_client.get(key)
+    assert token and len(token) >= 16
+    assert 0 < redis_client.pttl(key) <= 5000
+    mutex.release()
+    assert redis_client.exists(key) == 0
+    mutex.acquire()
+    assert redis_client.get(key) != token, "a new token for each acquisition"
+    mutex.release()
+
+
+def test_name_may_be_bytes_and_client_may_decode_responses(redis_url, key):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        mutex = RedisMutex(client, key.encode(), lease=5)
+        with mutex:
+            assert client.exists(key)
+        assert not client.exists(key)
+    finally:
+        client.close()
+
+
+def test_properties_and_repr(redis_client, key):
+    mutex = RedisMutex(redis_client, key, lease=2.5, auto_renew=False)
+    assert (mutex.name, mutex.lease, mutex.auto_renew) == (key, 2.5, False)
+    assert "free" in repr(mutex) and key in repr(mutex)
+    with mutex:
+        assert "held" in repr(mutex)
+
+
+def test_a_waiter_backs_off_instead_of_spinning(redis_client, key):
+    """A blocking acquire polls the key with growing pauses: over 0.3 s of
+    waiting it sends a few dozen commands, not thousands."""
+    holder, waiter = RedisMutex(redis_client, key), RedisMutex(redis_client, key)
+    holder.acquire()
+    def evals():
+        return redis_client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+
+    before = evals()
+    assert waiter.acquire(timeout=0.3) is False
+    after = evals()
+    # 2 ms doubling up to 100 ms: about 8 tries in 0.3 s; allow for other
+    # clients of a shared server.
+    assert after - before < 40
+    holder.release()
+
+
+# -- the lease --------------------------------------------------------------------------
+
+
+def test_auto_renew_keeps_the_lock_for_a_creator_slower_than_the_lease(impl, redis_client, key):
+    """A creator that runs for 3 leases keeps the lock: another holder
+    cannot take it at any point, and the release finds it still its own."""
+    lease = 0.3
+    mutex = RedisMutex(redis_client, key, lease=lease)
+    rival = RedisMutex(redis_client, key, lease=lease)
+    tries = []
+
+    def slow_creator():
+        end = time.monotonic() + 3 * lease
+        while time.monotonic() < end:
+            tries.append(rival.acquire(False))
+            assert redis_client.pttl(key) > 0
+            time.sleep(0.02)  # a slow creator's work, between checks
+        return "value"
+
+    with impl.Dogpile(60, lock=mutex).acquire(slow_creator) as value:
+        assert value == "value"
+    assert tries and not any(tries)
+    assert not redis_client.exists(key)
+
+
+def test_without_auto_renew_release_raises_lease_lost(impl, redis_client, key):
+    mutex = RedisMutex(redis_client, key, lease=0.3, auto_renew=False)
+
+    def creator_slower_than_the_lease():
+        poll(lambda: not redis_client.exists(key), "the lease to run out")
+        return "value"
+
+    dogpile_ = impl.Dogpile(60, lock=mutex)
+    with pytest.raises(LeaseLost, match="lost its lock") as raised:
+        with dogpile_.acquire(creator_slower_than_the_lease):
+            pass
+    assert isinstance(raised.value, dogpile.LockError)
+    # The mutex counts as released, and the Dogpile goes on.
+    assert mutex.acquire(False)
+    mutex.release()
+    with dogpile_.acquire(lambda: "again") as value:
+        assert value == "value"  # created above, and fresh
+
+
+def test_a_lock_taken_over_after_the_lease_is_not_deleted_by_the_old_holder(redis_client, key):
+    old = RedisMutex(redis_client, key, lease=0.3, auto_renew=False)
+    new = RedisMutex(redis_client, key, lease=10)
+    old.acquire()
+    poll(lambda: new.acquire(False), "the old lease to run out")
+    token = redis_client.get(key)
+    with pytest.raises(LeaseLost):
+        old.release()
+    assert redis_client.get(key) == token
+    new.release()
+
+
+@pytest.mark.parametrize("auto_renew", [True, False], ids=["auto_renew", "no-renew"])
+def test_a_stolen_lock_is_never_deleted_or_extended_by_its_old_holder(redis_client, key, auto_renew):
+    mutex = RedisMutex(redis_client, key, lease=0.3, auto_renew=auto_renew)
+    mutex.acquire()
+    redis_client.set(key, "thief", px=60_000)
+    if auto_renew:
+        # The renewer's compare-and-expire fails on the thief's token and it
+        # stops, leaving the thief's expiry alone.
+        threads = renewer_threads(key)
+        assert len(threads) == 1
+        threads[0].join(DEADLINE)
+        assert not threads[0].is_alive()
+        assert redis_client.pttl(key) > 30_000
+    with pytest.raises(LeaseLost):
+        mutex.release()
+    assert redis_client.get(key) == b"thief"
+    assert redis_client.pttl(key) > 30_000
+
+
+# -- the renewer thread -------------------------------------------------------------------
+
+
+def test_the_renewer_stops_at_release(redis_client, key):
+    mutex = RedisMutex(redis_client, key, lease=0.3)
+    mutex.acquire()
+    threads = renewer_threads(key)
+    assert len(threads) == 1 and threads[0].daemon
+    mutex.release()
+    threads[0].join(DEADLINE)
+    assert not threads[0].is_alive()
+    assert renewer_threads(key) == []
+
+
+def test_no_renewer_without_auto_renew(redis_client, key):
+    with RedisMutex(redis_client, key, auto_renew=False):
+        assert renewer_threads(key) == []
+
+
+def test_the_renewer_stops_when_a_held_mutex_is_dropped(redis_client, key):
+    """A mutex garbage-collected while held must not leave a thread renewing
+    its lease for ever: the renewer ends, and the lease runs out."""
+    mutex = RedisMutex(redis_client, key, lease=0.3)
+    mutex.acquire()
+    (thread,) = renewer_threads(key)
+    del mutex
+    gc.collect()
+    thread.join(DEADLINE)
+    assert not thread.is_alive()
+    poll(lambda: not redis_client.exists(key), "the dropped mutex's lease to run out")
+
+
+def test_exit_with_a_held_mutex_does_not_hang(redis_url, key):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import redis
+                from dogpile.mutexes import RedisMutex
+                mutex = RedisMutex(redis.Redis.from_url({redis_url!r}), {key!r}, lease=0.5)
+                mutex.acquire()
+                print("held")
+                """
+            ),
+        ],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "held"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_forked_child_does_not_release_the_parents_lock(redis_url, key):
+    script = f"""
+        import os, redis
+        from dogpile import LockError
+        from dogpile.mutexes import RedisMutex
+        client = redis.Redis.from_url({redis_url!r})
+        mutex = RedisMutex(client, {key!r}, lease=10, auto_renew=False)
+        mutex.acquire()
+        token = client.get({key!r})
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                mutex.release()
+                code = 3
+            except LockError:
+                pass
+            if mutex.acquire(False):
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert client.get({key!r}) == token
+        mutex.release()
+        assert not client.exists({key!r})
+        print("ok")
+        """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+class NotAClient:
+    def set(self, *args, **kwargs):
+        return True
+
+
+@pytest.mark.parametrize(
+    "client", [object(), "redis://localhost:6379", NotAClient()], ids=["object", "url", "set-only"]
+)
+def test_a_client_that_is_not_a_redis_client_is_a_type_error(client):
+    with pytest.raises(TypeError, match="redis client"):
+        RedisMutex(client, "k")
+
+
+def test_an_asyncio_client_is_a_type_error():
+    import redis.asyncio
+
+    client = redis.asyncio.Redis()
+    with pytest.raises(TypeError, match="synchronous"):
+        RedisMutex(client, "k")
+
+
+@pytest.mark.parametrize(
+    "lease, error",
+    [(0, ValueError), (-1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+     (0.0001, ValueError), ("30", TypeError), (None, TypeError), (True, TypeError)],
+    ids=["zero", "negative", "nan", "inf", "under-1ms", "str", "None", "bool"],
+)
+def test_bad_lease(redis_client, lease, error):
+    with pytest.raises(error, match="lease"):
+        RedisMutex(redis_client, "k", lease=lease)
+
+
+@pytest.mark.parametrize("name, error", [("", ValueError), (5, TypeError), (None, TypeError)])
+def test_bad_name(redis_client, name, error):
+    with pytest.raises(error, match="name"):
+        RedisMutex(redis_client, name)
+
+
+@pytest.fixture
+def unreachable():
+    """A client of a loopback port that nothing listens on."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    port = free_port()
+    # No retries: redis-py's default (three, with back-off up to seconds)
+    # would only make the test slow; the error is the same.
+    client = redis.Redis(host="127.0.0.1", port=port, retry=Retry(NoBackoff(), 0))
+    yield client, f"127.0.0.1:{port}"
+    client.close()
+
+
+def test_an_unreachable_server_is_a_clear_error_naming_it(unreachable):
+    client, address = unreachable
+    mutex = RedisMutex(client, "k", lease=1)  # no round trip yet
+    for attempt in (lambda: mutex.acquire(), lambda: mutex.acquire(False), mutex.locked):
+        with pytest.raises(redis.ConnectionError) as raised:
+            attempt()
+        assert address in str(raised.value)
+        assert "'k'" in str(raised.value)
+        assert isinstance(raised.value.__cause__, redis.ConnectionError)
+    # Nothing is held: not the local lock, not a token.
+    with pytest.raises(LockError):
+        mutex.release()
+
+
+def test_an_unreachable_server_reaches_the_dogpile_caller_and_holds_nothing(impl, unreachable):
+    client, address = unreachable
+    dogpile_ = impl.Dogpile(60, lock=RedisMutex(client, "k", lease=1))
+    calls = []
+    for _ in range(2):  # the second call fails the same way: nothing was left held
+        with pytest.raises(redis.ConnectionError, match=address):
+            with dogpile_.acquire(lambda: calls.append(1)):
+                pass
+    assert calls == []
+
+
+def test_a_timed_out_acquire_leaves_no_lock_behind(redis_client, key):
+    """The SET may reach the server and its reply be lost (here: a timeout
+    raised after it ran); the mutex takes back what is its own."""
+    mutex = RedisMutex(redis_client, key, lease=30)
+    original_eval = redis_client.eval
+    calls = []
+
+    def eval_then_time_out(*args):
+        result = original_eval(*args)
+        if not calls:
+            calls.append(args)
+            raise redis.TimeoutError("Timeout reading from socket")
+        return result
+
+    redis_client.eval = eval_then_time_out
+    try:
+        with pytest.raises(redis.TimeoutError, match="Timeout reading") as raised:
+            mutex.acquire()
+    finally:
+        del redis_client.eval
+    assert "cannot reach the Redis server" in str(raised.value)
+    assert not redis_client.exists(key)
+    assert mutex.acquire(False)
+    mutex.release()
+
+
+def test_a_resent_acquire_finds_its_own_key(redis_client, key):
+    """redis-py resends a command whose reply a broken connection lost; the
+    second SET must not find the first one's key busy."""
+    mutex = RedisMutex(redis_client, key, lease=30)
+    original_eval = redis_client.eval
+
+    def eval_twice(*args):
+        original_eval(*args)
+        return original_eval(*args)
+
+    redis_client.eval = eval_twice
+    try:
+        assert mutex.acquire(False) is True
+    finally:
+        del redis_client.eval
+    assert RedisMutex(redis_client, key).acquire(False) is False
+    mutex.release()
+    assert not redis_client.exists(key)
+
+
+def test_the_client_is_imported_only_for_redis_mutex_and_named_when_missing(tmp_path):
+    script = f"""
+        import sys
+        import dogpile.mutexes
+        from dogpile.mutexes import FileMutex, RedisMutex
+        with FileMutex({str(tmp_path / 'x.lock')!r}):
+            pass
+        assert "redis" not in sys.modules, "imported without need"
+        sys.modules["redis"] = None  # as if not installed
+        try:
+            RedisMutex(object(), "k")
+        except ImportError as exc:
+            print(exc)
+        """
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert 'pip install "dogpile[redis]"' in proc.stdout
+
+
+# -- with Dogpile and Lock -----------------------------------------------------------------
+
+
+def test_lock_api_no_value_waits_then_reads_what_another_holder_created(impl, redis_client, key):
+    """dogpile.cache's pattern: the value in Redis, read again once the
+    mutex is taken, so a creation by another holder is not repeated."""
+    value_key = key + ":value"
+    holder = RedisMutex(redis_client, key, lease=5)
+    holder.acquire()
+    created = []
+
+    def value_and_created():
+        raw = redis_client.get(value_key)
+        if raw is None:
+            raise NeedRegenerationException()
+        return raw.decode(), float(redis_client.get(value_key + ":t"))
+
+    def creator():
+        created.append(1)
+        return "mine", time.time()
+
+    result = []
+    waiter = threading.Thread(
+        target=lambda: result.append(
+            impl.Lock(RedisMutex(redis_client, key, lease=5), creator, value_and_created, 60).__enter__()
+        ),
+        daemon=True,
+    )
+    waiter.start()
+    redis_client.set(value_key + ":t", time.time())
+    redis_client.set(value_key, "theirs")
+    holder.release()
+    waiter.join(DEADLINE)
+    redis_client.delete(value_key, value_key + ":t")
+    assert result == ["theirs"]
+    assert created == []

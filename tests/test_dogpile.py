@@ -633,9 +633,9 @@ def test_first_creation_many_threads_creates_once(impl, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_first_creation_all_threads_wait_on_the_lock(impl, mode):
-    """Same race, but the creator holds on until all 16 threads are inside
-    a blocking acquire(), so the others really are waiting while it runs:
-    each must re-check after getting the lock instead of creating again."""
+    """Same race, but the creator holds on until the 15 other threads are
+    inside a blocking acquire(), so they really are waiting while it runs:
+    each must take the creation's outcome instead of creating again."""
     lock = CountingLock()
     d = impl.Dogpile(3600, lock=lock)
     source = Source(mode)
@@ -645,7 +645,7 @@ def test_first_creation_all_threads_wait_on_the_lock(impl, mode):
 
     def make():
         calls.append(1)
-        assert lock.wait_for_blocking_attempts(16), "not every thread reached the lock"
+        assert lock.wait_for_blocking_attempts(15), "not every thread reached the lock"
         return "the value"
 
     def worker(_):
@@ -714,20 +714,21 @@ def test_creator_failure_with_stale_value_keeps_stale_value(impl, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_creator_failure_with_waiters_leaves_nobody_waiting(impl, mode):
-    """8 threads wait for a first value; the creator fails while they all
-    sit in acquire().  The failing thread gets the exception, one of the
-    others creates, and everyone finishes."""
+    """8 threads wait for a first value; the creator fails while the 7
+    others sit in acquire().  The creator ran once for all of them, so each
+    of the 8 gets its exception (the shared outcome), nobody is left
+    waiting, and the next caller creates again."""
     lock = CountingLock()
     d = impl.Dogpile(3600, lock=lock)
     source = Source(mode)
     calls = []
-    failed_in = []
+    failures = []
     barrier = threading.Barrier(8)
 
     def make():
         calls.append(threading.get_ident())
         if len(calls) == 1:
-            assert lock.wait_for_blocking_attempts(8), "not every thread reached the lock"
+            assert lock.wait_for_blocking_attempts(7), "not every thread reached the lock"
             raise Boom("first try fails")
         return "the value"
 
@@ -738,15 +739,18 @@ def test_creator_failure_with_waiters_leaves_nobody_waiting(impl, mode):
         try:
             with source.acquire(d, make) as value:
                 results.append(value)
-        except Boom:
-            failed_in.append(threading.get_ident())
+        except Boom as exc:
+            failures.append(exc)
 
     run_threads(worker, 8)
-    assert len(calls) == 2
-    assert failed_in == [calls[0]], "the exception went to a thread that did not run the creator"
-    assert results == ["the value"] * 7
+    assert len(calls) == 1
+    assert len(failures) == 8 and results == []
+    assert all(exc is failures[0] for exc in failures)
     assert not lock.locked()
     assert lock.acquired == lock.released
+    with source.acquire(d, make) as value:
+        assert value == "the value"
+    assert len(calls) == 2
 
 
 # -- custom locks -------------------------------------------------------------

@@ -2,6 +2,7 @@
 bad input gets the same clear error from either.  None of this runs on the
 fresh-hit path: the compiled core calls in here only to build an error."""
 
+import inspect
 import math
 from typing import Any, Tuple
 
@@ -92,3 +93,53 @@ def _short_repr(obj: Any) -> str:
     except Exception:  # a broken __repr__ must not hide the real error
         return "<unrepresentable>"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _positive_seconds(name: str, value: Any, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {_kind(value)!r}")
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} (or None), got {value!r}")
+    return seconds
+
+
+def wait_timeout_seconds(wait_timeout: Any) -> "float | None":
+    """Validate ``wait_timeout``: None (wait as long as it takes) or >= 0."""
+    if wait_timeout is None:
+        return None
+    return _positive_seconds("wait_timeout", wait_timeout, allow_zero=True)
+
+
+def early_refresh_beta(early_refresh: Any) -> float:
+    """Validate ``early_refresh`` (XFetch's beta); 0.0 means off."""
+    if early_refresh is None:
+        return 0.0
+    beta = _positive_seconds("early_refresh", early_refresh, allow_zero=False)
+    if beta == INFINITY:
+        raise ValueError("early_refresh must be finite, got inf")
+    return beta
+
+
+def check_executor(background: Any) -> None:
+    if background is not None and not callable(getattr(background, "submit", None)):
+        raise TypeError(
+            "background must be a concurrent.futures.Executor (an object with "
+            f"submit()), not {_kind(background)!r}"
+        )
+
+
+def check_lock_timeout(lock: Any) -> None:
+    """A wait_timeout needs a lock whose acquire() takes a timeout."""
+    try:
+        params = inspect.signature(lock.acquire).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: trust the lock
+        return
+    for p in params:
+        if p.name == "timeout" or p.kind is inspect.Parameter.VAR_KEYWORD:
+            return
+    raise TypeError(
+        f"wait_timeout needs a lock whose acquire() accepts a timeout, like "
+        f"threading.Lock.acquire(blocking, timeout); {_kind(lock)}.acquire() does not"
+    )

@@ -18,22 +18,28 @@ cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_SIZE
-from libc.math cimport INFINITY, isnan
+from libc.math cimport INFINITY, isnan, log
 from libc.stdint cimport uint64_t
 
+import logging as _logging
+import os as _os
 import threading as _threading
 from weakref import ref as _weakref_ref
 
 from ._checks import (
     check_acquire_args,
     check_callable,
+    check_executor,
     check_lock,
+    check_lock_timeout,
     createdtime_seconds,
+    early_refresh_beta,
     expiretime_public,
     expiretime_seconds,
     unpack_pair,
+    wait_timeout_seconds,
 )
-from ._errors import LockError, NeedRegenerationException
+from ._errors import LockError, LockTimeout, NeedRegenerationException
 # The weakref callback of NameRegistry runs once per dead entry, never on a
 # lookup: one definition of it serves both implementations.
 from ._core_py import _Forget
@@ -56,6 +62,9 @@ cdef extern from "_native_lock.h" nogil:
         unsigned long writer_ident
     int dp_module_init()
     double dp_now()
+    double dp_monotonic()
+    double dp_random()
+    void dp_random_seed(uint64_t seed)
     int dp_expired(double createdtime, double expiretime)
     dp_word dp_try_acquire(dp_word *w)
     dp_word dp_acquire_slice(dp_word *w, double seconds)
@@ -72,8 +81,11 @@ cdef extern from "pythread.h":
 
 if dp_module_init() != 0:
     raise OSError("dogpile: could not initialise the native mutexes")
+dp_random_seed(int.from_bytes(_os.urandom(8), "little"))
 
 cdef object _NO_VALUE = object()
+cdef object _log = _logging.getLogger("dogpile")
+cdef int _DEBUG = _logging.DEBUG
 
 # How long a blocked main thread sleeps before it looks for a signal (its
 # KeyboardInterrupt arrives within this).  Other threads never receive
@@ -116,22 +128,69 @@ cdef bint _in_main_thread():
     return PyThread_get_thread_ident() == _threading.main_thread().ident
 
 
-cdef dp_word _wait_word(dp_word *word) except 0:
-    """Block until the lock word is ours and return its tag.  The wait
-    happens without the GIL; the main thread wakes every _SIGNAL_SLICE to
-    run signal handlers, so Ctrl-C interrupts it as it would a
-    threading.Lock.acquire()."""
+cdef dp_word _wait_word(dp_word *word, double timeout) except? 0:
+    """Block until the lock word is ours and return its tag, or 0 once
+    ``timeout`` seconds (< 0: no limit) have passed.  The wait happens
+    without the GIL; the main thread wakes every _SIGNAL_SLICE to run signal
+    handlers, so Ctrl-C interrupts it as it would a threading.Lock.acquire()."""
     cdef dp_word tag = dp_try_acquire(word)
-    cdef double slice
+    cdef double slice, left
+    cdef double deadline = -1.0
     if tag:
         return tag
-    slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
+    cdef double longest = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
+    if timeout >= 0:
+        deadline = dp_monotonic() + timeout
     while True:
+        slice = longest
+        if deadline >= 0:
+            left = deadline - dp_monotonic()
+            if left <= 0:
+                return 0
+            if left < slice:
+                slice = left
         with nogil:
             tag = dp_acquire_slice(word, slice)
         if tag:
             return tag
         PyErr_CheckSignals()
+
+
+# States of a creation attempt.
+cdef enum:
+    _PENDING = 0
+    _CREATED = 1
+    _FAILED = 2
+    _ABANDONED = 3
+
+
+@cython.final
+cdef class _Attempt:
+    """One run of a creator, as seen by the callers waiting for it."""
+
+    cdef unsigned long owner
+    cdef int state
+    cdef object result
+
+    cdef object outcome(self):
+        """The creator's value, or its exception raised again."""
+        if self.state == _FAILED:
+            raise self.result
+        if self.state == _CREATED:
+            return self.result
+        raise LockError("the creation this caller waited for was abandoned")
+
+
+@cython.final
+cdef class _Options:
+    """What a Dogpile was built with beyond the defaults, kept apart so that
+    a plain Dogpile stays small (a NameRegistry may hold 100,000)."""
+
+    cdef object lock          # a custom lock, or None for the native word
+    cdef double wait_timeout  # < 0: wait as long as it takes
+    cdef object background    # an Executor, or None
+    cdef double beta          # early_refresh; 0: off
+    cdef double delta         # seconds the last creation took
 
 
 cdef class Dogpile:
@@ -144,24 +203,60 @@ cdef class Dogpile:
     :param lock: an object with ``acquire()``, ``acquire(False)`` and
         ``release()`` (a cross-process mutex, say); default: a native mutex
         of the compiled core, or a ``threading.Lock``.
+    :param wait_timeout: seconds a caller waits for a first value that
+        another caller is creating before it gives up with LockTimeout;
+        None waits as long as it takes.
+    :param background: a ``concurrent.futures.Executor``: an expired value
+        is recreated there while the caller that noticed it gets the stale
+        value at once.
+    :param early_refresh: beta of probabilistic early recomputation
+        (XFetch); a caller may recreate a value shortly before it expires,
+        more eagerly the longer creation takes (1.0 is the usual choice).
     """
 
+    # 128 bytes with the GC header, the budget of a plain Dogpile: hence
+    # no cdef methods (no vtable pointer), the options in a side object,
+    # and 32-bit counters for the rare events.
     cdef double _createdtime
     cdef double _expiretime
     cdef object _value
-    cdef object _lock      # a custom lock, or None for _word
-    cdef dp_word _word     # the native lock: 0, or its holder's fork generation
+    cdef dp_word _word         # the native lock: 0, or its holder's fork generation
+    cdef _Options _opts        # None when every option is the default
+    cdef _Attempt _attempt     # the creation in progress, if any
     cdef object __weakref__
+    cdef unsigned long long _fresh
+    cdef unsigned long long _stale
+    cdef unsigned int _created
+    cdef unsigned int _waited
+    cdef unsigned int _failed
+    cdef unsigned int _early
+    cdef unsigned int _timeouts
 
     def __cinit__(self):
         self._createdtime = -1.0
         self._word = 0
 
-    def __init__(self, expiretime, init=False, lock=None):
+    def __init__(self, expiretime, init=False, lock=None, *,
+                 wait_timeout=None, background=None, early_refresh=None):
+        cdef _Options opts
         self._expiretime = _seconds(expiretime)
+        wait = wait_timeout_seconds(wait_timeout)
         if lock is not None:
             check_lock(lock)
-        self._lock = lock
+            if wait is not None:
+                check_lock_timeout(lock)
+        check_executor(background)
+        beta = early_refresh_beta(early_refresh)
+        if lock is not None or wait is not None or background is not None or beta:
+            opts = _Options.__new__(_Options)
+            opts.lock = lock
+            opts.wait_timeout = -1.0 if wait is None else wait
+            opts.background = background
+            opts.beta = beta
+            opts.delta = 0.0
+            self._opts = opts
+        else:
+            self._opts = None
         self._value = None
         self._createdtime = dp_now() if init else -1.0
 
@@ -193,10 +288,26 @@ cdef class Dogpile:
         """True once a value has been created."""
         return self._createdtime > 0
 
+    def stats(self):
+        """Counts since construction: ``fresh`` hits, ``stale`` values
+        served while another caller created, ``created`` (creator calls),
+        ``waited`` (callers that blocked for a first value), ``failed``
+        (creator exceptions), ``early`` refreshes and wait ``timeouts``."""
+        return {
+            "fresh": self._fresh,
+            "stale": self._stale,
+            "created": self._created,
+            "waited": self._waited,
+            "failed": self._failed,
+            "early": self._early,
+            "timeouts": self._timeouts,
+        }
+
     def acquire(self, creator, value_fn=None, value_and_created_fn=None):
         """Return a context manager whose ``as`` target is the current value.
 
-        With no value, callers wait for the one that runs ``creator()``.
+        With no value, callers wait for the one that runs ``creator()`` and
+        share its outcome: its value, or its exception raised in each.
         With an expired value, one caller runs ``creator()`` and every other
         one gets the stale value at once.
 
@@ -219,11 +330,156 @@ cdef class Dogpile:
         acq.value_and_created_fn = value_and_created_fn
         return acq
 
-    # -- the algorithm ------------------------------------------------------
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} expiretime={self.expiretime!r} "
+            f"createdtime={self._createdtime!r}>"
+        )
 
-    cdef object _enter(self, object creator, object value_fn, object value_and_created_fn):
-        cdef double createdtime
-        cdef object value
+
+# -- the algorithm: module functions rather than cdef methods, see above ---
+
+
+cdef object _enter(Dogpile self, object creator, object value_fn, object value_and_created_fn):
+    cdef double createdtime
+    cdef object value
+    if value_and_created_fn is not None:
+        try:
+            value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
+        except NeedRegenerationException:
+            value = _NO_VALUE
+            createdtime = -1.0
+        self._createdtime = createdtime
+    elif value_fn is not None:
+        # The time before the value, as for the plain path below: a
+        # value newer than its time is harmless, the reverse is not.
+        createdtime = self._createdtime
+        try:
+            value = value_fn()
+        except NeedRegenerationException:
+            # Not stored in self: a creation may have finished since
+            # value_fn looked, and its time must stand (the check under
+            # the lock asks value_fn again).
+            value = _NO_VALUE
+            createdtime = -1.0
+    else:
+        # Both reads happen under the GIL with no Python code between
+        # them, so the pair is consistent.
+        createdtime = self._createdtime
+        value = self._value
+    if not _expired(createdtime, self._expiretime):
+        if self._opts is not None and self._opts.beta > 0 and _early_due(self, createdtime):
+            return _refresh_early(self, creator, value_fn, value_and_created_fn, value, createdtime)
+        self._fresh += 1
+        return value
+    return _create(self, creator, value_fn, value_and_created_fn, value, createdtime)
+
+
+cdef bint _early_due(Dogpile self, double createdtime):
+    # XFetch: refresh when now - delta * beta * ln(U) >= created + expiry,
+    # U uniform in (0, 1]; delta is how long the last creation took.
+    cdef double delta = self._opts.delta
+    if delta <= 0 or self._expiretime == INFINITY:
+        return False
+    return (dp_now() - createdtime - delta * self._opts.beta * log(dp_random())
+            >= self._expiretime)
+
+
+cdef dp_word _try_take(Dogpile self) except? 0:
+    """Take the creation lock if it is free: a tag for _give, or 0."""
+    if self._opts is None or self._opts.lock is None:
+        return dp_try_acquire(&self._word)
+    return 1 if self._opts.lock.acquire(False) else 0
+
+
+cdef dp_word _wait_take(Dogpile self) except? 0:
+    """Take the creation lock, waiting at most wait_timeout: a tag, or 0."""
+    cdef _Options opts = self._opts
+    if opts is None:
+        return _wait_word(&self._word, -1.0)
+    if opts.lock is None:
+        return _wait_word(&self._word, opts.wait_timeout)
+    if opts.wait_timeout < 0:
+        opts.lock.acquire()
+        return 1
+    return 1 if opts.lock.acquire(True, timeout=opts.wait_timeout) else 0
+
+
+cdef int _give(Dogpile self, dp_word tag) except -1:
+    if self._opts is not None and self._opts.lock is not None:
+        self._opts.lock.release()
+    elif dp_release(&self._word, tag) < 0:
+        raise LockError("Dogpile released a creation lock it did not hold")
+    return 0
+
+
+cdef object _create(Dogpile self, object creator, object value_fn,
+                    object value_and_created_fn, object value, double createdtime):
+    cdef dp_word tag
+    cdef _Attempt attempt
+    if createdtime > 0 and value is not _NO_VALUE:
+        # A stale value exists: whoever holds the lock is already
+        # creating, so serve the stale value rather than wait.
+        tag = _try_take(self)
+        if not tag:
+            self._stale += 1
+            return value
+    else:
+        tag = _try_take(self)
+        if not tag:
+            attempt = self._attempt
+            if attempt is not None and attempt.owner == PyThread_get_thread_ident():
+                raise LockError(
+                    "Dogpile.acquire() called again from inside its own creator: "
+                    "waiting for the value would wait for this very call"
+                )
+            self._waited += 1
+            if _log.isEnabledFor(_DEBUG):
+                _log.debug("%r: no value, waiting for the creator", self)
+            tag = _wait_take(self)
+            if not tag:
+                self._timeouts += 1
+                raise LockTimeout(
+                    f"no value after waiting {self._opts.wait_timeout} s (wait_timeout) "
+                    "for another caller's creator"
+                )
+            if attempt is not None and attempt.state != _PENDING:
+                # The creation we waited for is over: share its outcome
+                # rather than run the creator again for each waiter.
+                _give(self, tag)
+                return attempt.outcome()
+    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, False, 0.0)
+
+
+cdef object _refresh_early(Dogpile self, object creator, object value_fn,
+                           object value_and_created_fn, object value, double createdtime):
+    cdef dp_word tag = _try_take(self)
+    if not tag:
+        self._fresh += 1
+        return value
+    self._early += 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug("%r: refreshing early", self)
+    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime)
+
+
+cdef inline bint _done_by_another(double createdtime, bint early, double seen,
+                                  double expiretime) noexcept:
+    """Under the lock: does the value no longer need creating?  An early
+    refresh saw a fresh value, so only a newer one means someone else
+    refreshed."""
+    if _expired(createdtime, expiretime):
+        return False
+    return not early or createdtime != seen
+
+
+cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
+                    object value_and_created_fn, object value, bint early, double seen):
+    """Holding the lock: create unless someone else just did."""
+    cdef double createdtime
+    cdef bint handed_off = False
+    cdef object stale
+    try:
         if value_and_created_fn is not None:
             try:
                 value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
@@ -231,97 +487,90 @@ cdef class Dogpile:
                 value = _NO_VALUE
                 createdtime = -1.0
             self._createdtime = createdtime
-        elif value_fn is not None:
-            # The time before the value, as for the plain path below: a
-            # value newer than its time is harmless, the reverse is not.
-            createdtime = self._createdtime
-            try:
-                value = value_fn()
-            except NeedRegenerationException:
-                # Not stored in self: a creation may have finished since
-                # value_fn looked, and its time must stand (the check under
-                # the lock asks value_fn again).
-                value = _NO_VALUE
-                createdtime = -1.0
-        else:
-            # Both reads happen under the GIL with no Python code between
-            # them, so the pair is consistent.
-            createdtime = self._createdtime
-            value = self._value
-        if not _expired(createdtime, self._expiretime):
-            return value
-        return self._create(creator, value_fn, value_and_created_fn, value, createdtime)
-
-    cdef int _exit(self) except -1:
-        return 0
-
-    cdef dp_word _take(self, bint blocking) except? 0:
-        """Take the creation lock; return a tag for _give, or 0 when
-        non-blocking and busy."""
-        if self._lock is None:
-            if blocking:
-                return _wait_word(&self._word)
-            return dp_try_acquire(&self._word)
-        if blocking:
-            self._lock.acquire()
-            return 1
-        return 1 if self._lock.acquire(False) else 0
-
-    cdef int _give(self, dp_word tag) except -1:
-        if self._lock is not None:
-            self._lock.release()
-        elif dp_release(&self._word, tag) < 0:
-            raise LockError("Dogpile released a creation lock it did not hold")
-        return 0
-
-    cdef object _create(self, object creator, object value_fn,
-                        object value_and_created_fn, object value, double createdtime):
-        cdef dp_word tag
-        if createdtime > 0 and value is not _NO_VALUE:
-            # A stale value exists: whoever holds the lock is already
-            # creating, so serve the stale value rather than wait.
-            tag = self._take(False)
-            if not tag:
+            if value is not _NO_VALUE and _done_by_another(createdtime, early, seen, self._expiretime):
                 return value
-        else:
-            tag = self._take(True)
-        try:
-            # Someone may have created while we were getting here.
-            if value_and_created_fn is not None:
+            stale = value if createdtime > 0 else _NO_VALUE
+        elif value_fn is not None:
+            if _done_by_another(self._createdtime, early, seen, self._expiretime):
                 try:
-                    value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
+                    return value_fn()
                 except NeedRegenerationException:
                     value = _NO_VALUE
-                    createdtime = -1.0
-                self._createdtime = createdtime
-                if value is not _NO_VALUE and not _expired(createdtime, self._expiretime):
-                    return value
-                value = _pair(creator(), "creator", &createdtime)
-                self._createdtime = createdtime
-                return value
-            if value_fn is not None:
-                if not _expired(self._createdtime, self._expiretime):
-                    try:
-                        return value_fn()
-                    except NeedRegenerationException:
-                        pass
-                value = creator()
-                self._createdtime = dp_now()
-                return value
-            if not _expired(self._createdtime, self._expiretime):
+            stale = value
+        else:
+            if _done_by_another(self._createdtime, early, seen, self._expiretime):
                 return self._value
-            value = creator()
-            self._value = value
-            self._createdtime = dp_now()
-            return value
-        finally:
-            self._give(tag)
+            stale = self._value if self._createdtime > 0 else _NO_VALUE
+        if stale is not _NO_VALUE and self._opts is not None and self._opts.background is not None:
+            try:
+                self._opts.background.submit(
+                    _create_in_background, self, tag, creator, value_fn, value_and_created_fn
+                )
+            except RuntimeError:
+                # shut down: create here instead
+                _log.debug("%r: background executor refused the job", self)
+            else:
+                handed_off = True
+                if not early:
+                    self._stale += 1
+                return stale
+        return _run_creator(self, creator, value_fn, value_and_created_fn)
+    finally:
+        if not handed_off:
+            _give(self, tag)
 
-    def __repr__(self):
-        return (
-            f"<{type(self).__name__} expiretime={self.expiretime!r} "
-            f"createdtime={self._createdtime!r}>"
-        )
+
+cdef object _run_creator(Dogpile self, object creator, object value_fn, object value_and_created_fn):
+    cdef _Attempt attempt = _Attempt.__new__(_Attempt)
+    cdef double createdtime
+    cdef double started
+    cdef bint debug = _log.isEnabledFor(_DEBUG)
+    attempt.owner = PyThread_get_thread_ident()
+    attempt.state = _PENDING
+    self._attempt = attempt
+    self._created += 1
+    if debug:
+        _log.debug("%r: calling the creator", self)
+    started = dp_monotonic()
+    try:
+        result = creator()
+        if value_and_created_fn is not None:
+            value = _pair(result, "creator", &createdtime)
+            self._createdtime = createdtime
+        else:
+            value = result
+            if value_fn is None:
+                self._value = value
+            self._createdtime = dp_now()
+    except Exception as exc:
+        self._failed += 1
+        attempt.result = exc
+        attempt.state = _FAILED
+        if debug:
+            _log.debug("%r: the creator failed: %r", self, exc)
+        raise
+    except BaseException:
+        attempt.state = _ABANDONED
+        raise
+    else:
+        attempt.result = value
+        attempt.state = _CREATED
+        return value
+    finally:
+        if self._opts is not None:
+            self._opts.delta = dp_monotonic() - started
+        self._attempt = None
+
+
+def _create_in_background(Dogpile self, dp_word tag, creator, value_fn, value_and_created_fn):
+    try:
+        _run_creator(self, creator, value_fn, value_and_created_fn)
+    except Exception:
+        # Nobody waits on a background creation, so its failure would go
+        # unseen; the next caller to find the value expired retries.
+        _log.warning("%r: background creation failed", self, exc_info=True)
+    finally:
+        _give(self, tag)
 
 
 cdef inline bint _optional_fns_ok(object value_fn, object value_and_created_fn):
@@ -347,12 +596,17 @@ cdef class _Acquisition:
     cdef object creator
     cdef object value_fn
     cdef object value_and_created_fn
+    cdef ReadWriteMutex rw  # SyncReaderDogpile's: held for the block
 
     def __enter__(self):
-        return self.dogpile._enter(self.creator, self.value_fn, self.value_and_created_fn)
+        value = _enter(self.dogpile, self.creator, self.value_fn, self.value_and_created_fn)
+        if self.rw is not None:
+            self.rw._acquire_read(True)
+        return value
 
     def __exit__(self, exc_type, exc, tb):
-        self.dogpile._exit()
+        if self.rw is not None:
+            self.rw._release_read()
 
 
 cdef class SyncReaderDogpile(Dogpile):
@@ -362,8 +616,8 @@ cdef class SyncReaderDogpile(Dogpile):
 
     cdef ReadWriteMutex _rw
 
-    def __init__(self, expiretime, init=False, lock=None):
-        Dogpile.__init__(self, expiretime, init, lock)
+    def __init__(self, expiretime, init=False, lock=None, **options):
+        Dogpile.__init__(self, expiretime, init, lock, **options)
         self._rw = ReadWriteMutex()
 
     @property
@@ -371,18 +625,15 @@ cdef class SyncReaderDogpile(Dogpile):
         """The ReadWriteMutex that acquire() reads under."""
         return self._rw
 
+    def acquire(self, creator, value_fn=None, value_and_created_fn=None):
+        """Like Dogpile.acquire(), with the read lock held for the block."""
+        cdef _Acquisition acq = Dogpile.acquire(self, creator, value_fn, value_and_created_fn)
+        acq.rw = self._rw
+        return acq
+
     def acquire_write_lock(self):
         """Return a context manager that holds the write lock."""
         return _WriteLock(self._rw)
-
-    cdef object _enter(self, object creator, object value_fn, object value_and_created_fn):
-        value = Dogpile._enter(self, creator, value_fn, value_and_created_fn)
-        self._rw._acquire_read(True)
-        return value
-
-    cdef int _exit(self) except -1:
-        self._rw._release_read()
-        return 0
 
 
 @cython.final

@@ -5,22 +5,30 @@ same classes, same signatures, same docstrings, same behaviour.  Where the
 two differ, one of them has a bug.  ``import dogpile`` picks one of them.
 """
 
+import logging
+import math
 import os
 import threading
-from time import time as _now
 import weakref
-from typing import Any, Callable, Optional
+from random import random as _random
+from time import monotonic as _monotonic
+from time import time as _now
+from typing import Any, Callable, Dict, Optional
 
 from ._checks import (
     check_acquire_args,
     check_callable,
+    check_executor,
     check_lock,
+    check_lock_timeout,
     createdtime_seconds,
+    early_refresh_beta,
     expiretime_public,
     expiretime_seconds,
     unpack_pair,
+    wait_timeout_seconds,
 )
-from ._errors import LockError, NeedRegenerationException
+from ._errors import LockError, LockTimeout, NeedRegenerationException
 
 __all__ = [
     "Dogpile",
@@ -29,6 +37,8 @@ __all__ = [
     "NameRegistry",
     "ReadWriteMutex",
 ]
+
+_log = logging.getLogger("dogpile")
 
 # No value yet (distinct from None, which is a value).
 _NO_VALUE: Any = object()
@@ -101,6 +111,15 @@ class Dogpile:
     :param lock: an object with ``acquire()``, ``acquire(False)`` and
         ``release()`` (a cross-process mutex, say); default: a native mutex
         of the compiled core, or a ``threading.Lock``.
+    :param wait_timeout: seconds a caller waits for a first value that
+        another caller is creating before it gives up with LockTimeout;
+        None waits as long as it takes.
+    :param background: a ``concurrent.futures.Executor``: an expired value
+        is recreated there while the caller that noticed it gets the stale
+        value at once.
+    :param early_refresh: beta of probabilistic early recomputation
+        (XFetch); a caller may recreate a value shortly before it expires,
+        more eagerly the longer creation takes (1.0 is the usual choice).
     """
 
     __slots__ = (
@@ -110,19 +129,50 @@ class Dogpile:
         "_lock",
         "_custom_lock",
         "_lock_generation",
+        "_attempt",
+        "_wait_timeout",
+        "_background",
+        "_beta",
+        "_delta",
+        "_fresh",
+        "_stale",
+        "_created",
+        "_waited",
+        "_failed",
+        "_early",
+        "_timeouts",
         "__weakref__",
     )
 
-    def __init__(self, expiretime: Optional[float], init: bool = False, lock: Any = None) -> None:
+    def __init__(
+        self,
+        expiretime: Optional[float],
+        init: bool = False,
+        lock: Any = None,
+        *,
+        wait_timeout: Optional[float] = None,
+        background: Any = None,
+        early_refresh: Optional[float] = None,
+    ) -> None:
         self._expiretime = _seconds(expiretime)
+        self._wait_timeout = wait_timeout_seconds(wait_timeout)
         if lock is None:
             self._lock: Any = threading.Lock()
             self._custom_lock = False
         else:
             check_lock(lock)
+            if self._wait_timeout is not None:
+                check_lock_timeout(lock)
             self._lock = lock
             self._custom_lock = True
+        check_executor(background)
+        self._background = background
+        self._beta = early_refresh_beta(early_refresh)
         self._lock_generation = _fork_generation
+        self._attempt: Optional[_Attempt] = None
+        self._delta = 0.0
+        self._fresh = self._stale = self._created = self._waited = 0
+        self._failed = self._early = self._timeouts = 0
         self._value: Any = None
         self._createdtime = _now() if init else -1.0
 
@@ -154,6 +204,21 @@ class Dogpile:
         """True once a value has been created."""
         return self._createdtime > 0
 
+    def stats(self) -> Dict[str, int]:
+        """Counts since construction: ``fresh`` hits, ``stale`` values
+        served while another caller created, ``created`` (creator calls),
+        ``waited`` (callers that blocked for a first value), ``failed``
+        (creator exceptions), ``early`` refreshes and wait ``timeouts``."""
+        return {
+            "fresh": self._fresh,
+            "stale": self._stale,
+            "created": self._created,
+            "waited": self._waited,
+            "failed": self._failed,
+            "early": self._early,
+            "timeouts": self._timeouts,
+        }
+
     def acquire(
         self,
         creator: Callable[[], Any],
@@ -162,7 +227,8 @@ class Dogpile:
     ) -> "_Acquisition":
         """Return a context manager whose ``as`` target is the current value.
 
-        With no value, callers wait for the one that runs ``creator()``.
+        With no value, callers wait for the one that runs ``creator()`` and
+        share its outcome: its value, or its exception raised in each.
         With an expired value, one caller runs ``creator()`` and every other
         one gets the stale value at once.
 
@@ -213,12 +279,23 @@ class Dogpile:
         # _is_expired, inlined: this is the fresh-hit path.
         if createdtime > 0:
             expiretime = self._expiretime
-            if expiretime == _INF:
-                return value
-            age = _now() - createdtime
+            age = _now() - createdtime if expiretime != _INF else 0.0
             if -expiretime <= age <= expiretime:
+                if self._beta and self._early_due(age, expiretime):
+                    return self._refresh_early(
+                        creator, value_fn, value_and_created_fn, value, createdtime
+                    )
+                self._fresh += 1
                 return value
         return self._create(creator, value_fn, value_and_created_fn, value, createdtime)
+
+    def _early_due(self, age: float, expiretime: float) -> bool:
+        # XFetch: refresh when now - delta * beta * ln(U) >= created + expiry,
+        # U uniform in (0, 1]; delta is how long the last creation took.
+        delta = self._delta
+        if delta <= 0 or expiretime == _INF:
+            return False
+        return age - delta * self._beta * math.log(1.0 - _random()) >= expiretime
 
     def _mutex_now(self) -> Any:
         if self._custom_lock or self._lock_generation == _fork_generation:
@@ -228,6 +305,13 @@ class Dogpile:
                 self._lock = threading.Lock()
                 self._lock_generation = _fork_generation
             return self._lock
+
+    def _wait_for(self, mutex: Any) -> bool:
+        timeout = self._wait_timeout
+        if timeout is None:
+            mutex.acquire()
+            return True
+        return bool(mutex.acquire(True, timeout=timeout))
 
     def _create(
         self,
@@ -242,37 +326,151 @@ class Dogpile:
             # A stale value exists: whoever holds the lock is already
             # creating, so serve the stale value rather than wait.
             if not mutex.acquire(False):
+                self._stale += 1
                 return value
-        else:
-            mutex.acquire()
+        elif not mutex.acquire(False):
+            attempt = self._attempt
+            if attempt is not None and attempt.owner == threading.get_ident():
+                raise LockError(
+                    "Dogpile.acquire() called again from inside its own creator: "
+                    "waiting for the value would wait for this very call"
+                )
+            self._waited += 1
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%r: no value, waiting for the creator", self)
+            if not self._wait_for(mutex):
+                self._timeouts += 1
+                raise LockTimeout(
+                    f"no value after waiting {self._wait_timeout} s (wait_timeout) "
+                    "for another caller's creator"
+                )
+            if attempt is not None and attempt.state != _PENDING:
+                # The creation we waited for is over: share its outcome
+                # rather than run the creator again for each waiter.
+                mutex.release()
+                return attempt.outcome()
+        return self._locked(mutex, creator, value_fn, value_and_created_fn, value, None)
+
+    def _refresh_early(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+        value: Any,
+        createdtime: float,
+    ) -> Any:
+        mutex = self._mutex_now()
+        if not mutex.acquire(False):
+            self._fresh += 1
+            return value
+        self._early += 1
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%r: refreshing early", self)
+        return self._locked(mutex, creator, value_fn, value_and_created_fn, value, createdtime)
+
+    def _locked(
+        self,
+        mutex: Any,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+        value: Any,
+        seen: Optional[float],
+    ) -> Any:
+        """Holding the lock: create unless someone else just did.  ``seen``
+        is the creation time an early refresh saw (the value is fresh, so
+        only a newer one means someone else refreshed); None otherwise."""
+        handed_off = False
         try:
-            # Someone may have created while we were getting here.
             if value_and_created_fn is not None:
                 try:
                     value, createdtime = _pair(value_and_created_fn(), "value_and_created_fn")
                 except NeedRegenerationException:
                     value, createdtime = _NO_VALUE, -1.0
                 self._createdtime = createdtime
-                if value is not _NO_VALUE and not _is_expired(createdtime, self._expiretime):
+                if value is not _NO_VALUE and _done_by_another(createdtime, seen, self._expiretime):
                     return value
-                value, createdtime = _pair(creator(), "creator")
-                self._createdtime = createdtime
-                return value
-            if value_fn is not None:
-                if not _is_expired(self._createdtime, self._expiretime):
+                stale = value if createdtime > 0 else _NO_VALUE
+            elif value_fn is not None:
+                if _done_by_another(self._createdtime, seen, self._expiretime):
                     try:
                         return value_fn()
                     except NeedRegenerationException:
-                        pass
-                value = creator()
+                        value = _NO_VALUE
+                stale = value
+            else:
+                if _done_by_another(self._createdtime, seen, self._expiretime):
+                    return self._value
+                stale = self._value if self._createdtime > 0 else _NO_VALUE
+            if stale is not _NO_VALUE and self._background is not None:
+                try:
+                    self._background.submit(
+                        self._create_in_background, mutex, creator, value_fn, value_and_created_fn
+                    )
+                except RuntimeError:
+                    # shut down: create here instead
+                    _log.debug("%r: background executor refused the job", self)
+                else:
+                    handed_off = True
+                    if seen is None:
+                        self._stale += 1
+                    return stale
+            return self._run_creator(creator, value_fn, value_and_created_fn)
+        finally:
+            if not handed_off:
+                mutex.release()
+
+    def _run_creator(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+    ) -> Any:
+        attempt = _Attempt()
+        self._attempt = attempt
+        self._created += 1
+        debug = _log.isEnabledFor(logging.DEBUG)
+        if debug:
+            _log.debug("%r: calling the creator", self)
+        started = _monotonic()
+        try:
+            result = creator()
+            if value_and_created_fn is not None:
+                value, self._createdtime = _pair(result, "creator")
+            else:
+                value = result
+                if value_fn is None:
+                    self._value = value
                 self._createdtime = _now()
-                return value
-            if not _is_expired(self._createdtime, self._expiretime):
-                return self._value
-            value = creator()
-            self._value = value
-            self._createdtime = _now()
+        except Exception as exc:
+            self._failed += 1
+            attempt.finish(_FAILED, exc)
+            if debug:
+                _log.debug("%r: the creator failed: %r", self, exc)
+            raise
+        except BaseException:
+            attempt.finish(_ABANDONED, None)
+            raise
+        else:
+            attempt.finish(_CREATED, value)
             return value
+        finally:
+            self._delta = _monotonic() - started
+            self._attempt = None
+
+    def _create_in_background(
+        self,
+        mutex: Any,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]],
+        value_and_created_fn: Optional[Callable[[], Any]],
+    ) -> None:
+        try:
+            self._run_creator(creator, value_fn, value_and_created_fn)
+        except Exception:
+            # Nobody waits on a background creation, so its failure would
+            # go unseen; the next caller to find the value expired retries.
+            _log.warning("%r: background creation failed", self, exc_info=True)
         finally:
             mutex.release()
 
@@ -284,6 +482,40 @@ class Dogpile:
             f"<{type(self).__name__} expiretime={self.expiretime!r} "
             f"createdtime={self._createdtime!r}>"
         )
+
+
+# States of a creation attempt.
+_PENDING, _CREATED, _FAILED, _ABANDONED = range(4)
+
+
+class _Attempt:
+    """One run of a creator, as seen by the callers waiting for it."""
+
+    __slots__ = ("owner", "state", "result")
+
+    def __init__(self) -> None:
+        self.owner = threading.get_ident()
+        self.state = _PENDING
+        self.result: Any = None
+
+    def finish(self, state: int, result: Any) -> None:
+        self.result = result
+        self.state = state
+
+    def outcome(self) -> Any:
+        """The creator's value, or its exception raised again."""
+        if self.state == _FAILED:
+            raise self.result
+        if self.state == _CREATED:
+            return self.result
+        raise LockError("the creation this caller waited for was abandoned")
+
+
+def _done_by_another(createdtime: float, seen: Optional[float], expiretime: float) -> bool:
+    """Under the lock: does the value no longer need creating?"""
+    if _is_expired(createdtime, expiretime):
+        return False
+    return seen is None or createdtime != seen
 
 
 class _Acquisition:
@@ -319,8 +551,10 @@ class SyncReaderDogpile(Dogpile):
 
     __slots__ = ("_rw",)
 
-    def __init__(self, expiretime: Optional[float], init: bool = False, lock: Any = None) -> None:
-        super().__init__(expiretime, init, lock)
+    def __init__(
+        self, expiretime: Optional[float], init: bool = False, lock: Any = None, **options: Any
+    ) -> None:
+        super().__init__(expiretime, init, lock, **options)
         self._rw = ReadWriteMutex()
 
     @property

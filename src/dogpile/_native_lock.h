@@ -190,6 +190,24 @@ static inline int dp_expired(double createdtime, double expiretime) {
     return age > expiretime || -age > expiretime;
 }
 
+/* Uniform in (0, 1], for early refresh (XFetch takes its logarithm, so 0
+   must not come out).  xorshift64*: statistical quality is all that is
+   needed here; the state is only touched with the GIL held. */
+static uint64_t dp_random_state = 0x9E3779B97F4A7C15ULL;
+
+static void dp_random_seed(uint64_t seed) {
+    dp_random_state = seed ? seed : 0x9E3779B97F4A7C15ULL;
+}
+
+static inline double dp_random(void) {
+    uint64_t x = dp_random_state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    dp_random_state = x;
+    return ((double)((x * 0x2545F4914F6CDD1DULL) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+}
+
 /* ---- stripes ---------------------------------------------------------- */
 
 static inline dp_stripe *dp_stripe_for(const volatile void *addr) {

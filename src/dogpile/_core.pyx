@@ -98,6 +98,13 @@ cdef inline bint _expired(double createdtime, double expiretime) noexcept nogil:
     return dp_expired(createdtime, expiretime)
 
 
+def _is_expired(double createdtime, double expiretime):
+    """The expiry rule, for front ends written in Python (dogpile.aio):
+    no value (createdtime <= 0), older than expiretime, or further ahead
+    than expiretime."""
+    return _expired(createdtime, expiretime)
+
+
 cdef inline object _pair(object result, str source, double *createdtime):
     """Split a (value, createdtime) pair; the common exact-tuple-of-float
     case inline, everything else (and every error) through _checks."""

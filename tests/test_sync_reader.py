@@ -99,6 +99,8 @@ def test_write_lock_excludes_readers(impl):
             assert value == "v2"
 
     t = threading.Thread(target=reader, daemon=True)
+    # Fail here, not hang below, if the acquire() above leaked its read lock.
+    assert write_lock_free(d)
     with d.acquire_write_lock():
         # While the writer holds it, no reader gets in, from any thread.
         assert d.readwritelock.acquire_read_lock(wait=False) is False

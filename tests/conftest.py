@@ -81,3 +81,47 @@ def run_threads(target, count, *args):
     assert not alive, f"{len(alive)} of {count} threads still running after {DEADLINE}s"
     if errors:
         raise errors[0]
+
+
+class CountingLock:
+    """A threading.Lock that counts its calls, and lets a test wait until a
+    number of callers have entered a blocking ``acquire()``.  Like
+    threading.Lock, any thread may release it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self.attempts = 0  # every acquire() call
+        self.blocking_attempts = 0  # acquire() calls that may block
+        self.acquired = 0  # acquire() calls that got the lock
+        self.released = 0
+
+    def acquire(self, blocking=True, timeout=-1):
+        with self._cond:
+            self.attempts += 1
+            if blocking:
+                self.blocking_attempts += 1
+            self._cond.notify_all()
+        if blocking and timeout == -1:
+            # A lock leaked by the code under test fails the test on the
+            # deadline instead of hanging the run.
+            got = self._lock.acquire(True, DEADLINE)
+            assert got, f"blocking acquire() still waiting after {DEADLINE}s: lock leaked?"
+        else:
+            got = self._lock.acquire(blocking, timeout)
+        if got:
+            with self._cond:
+                self.acquired += 1
+        return got
+
+    def release(self):
+        with self._cond:
+            self.released += 1
+        self._lock.release()
+
+    def locked(self):
+        return self._lock.locked()
+
+    def wait_for_blocking_attempts(self, n):
+        with self._cond:
+            return self._cond.wait_for(lambda: self.blocking_attempts >= n, DEADLINE)

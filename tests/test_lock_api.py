@@ -7,55 +7,11 @@ import threading
 import time
 
 import pytest
-from conftest import DEADLINE, run_threads
+from conftest import DEADLINE, CountingLock, run_threads
 
 from dogpile import NeedRegenerationException
 
 LONG_AGO = 7200.0
-
-
-class CountingMutex:
-    """A threading.Lock that counts its calls and lets a test wait until a
-    number of callers have entered a blocking ``acquire()``.  Like
-    threading.Lock, any thread may release it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._cond = threading.Condition()
-        self.attempts = 0
-        self.blocking_attempts = 0
-        self.acquired = 0
-        self.released = 0
-
-    def acquire(self, blocking=True, timeout=-1):
-        with self._cond:
-            self.attempts += 1
-            if blocking:
-                self.blocking_attempts += 1
-            self._cond.notify_all()
-        if blocking and timeout == -1:
-            # A lock leaked by the code under test fails the test on the
-            # deadline instead of hanging the run.
-            got = self._lock.acquire(True, DEADLINE)
-            assert got, f"blocking acquire() still waiting after {DEADLINE}s: lock leaked?"
-        else:
-            got = self._lock.acquire(blocking, timeout)
-        if got:
-            with self._cond:
-                self.acquired += 1
-        return got
-
-    def release(self):
-        with self._cond:
-            self.released += 1
-        self._lock.release()
-
-    def locked(self):
-        return self._lock.locked()
-
-    def wait_for_blocking_attempts(self, n):
-        with self._cond:
-            return self._cond.wait_for(lambda: self.blocking_attempts >= n, DEADLINE)
 
 
 class Backend:
@@ -82,7 +38,7 @@ class Backend:
 
 def test_fresh_value_returned_without_creating(impl):
     backend = Backend("stored", age=5)
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
         assert value == "stored"
     assert backend.calls == 0
@@ -91,7 +47,7 @@ def test_fresh_value_returned_without_creating(impl):
 
 def test_expiretime_none_never_expires(impl):
     backend = Backend("stored", age=10 * LONG_AGO)
-    lock = impl.Lock(CountingMutex(), backend.creator, backend.get, None)
+    lock = impl.Lock(CountingLock(), backend.creator, backend.get, None)
     assert lock.expiretime is None
     with lock as value:
         assert value == "stored"
@@ -100,7 +56,7 @@ def test_expiretime_none_never_expires(impl):
 
 def test_missing_value_creates(impl):
     backend = Backend()
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
         assert value == "new"
     assert backend.calls == 1
@@ -123,14 +79,14 @@ def test_missing_value_rechecked_under_the_mutex(impl):
             raise NeedRegenerationException()
         return ("made elsewhere", time.time())
 
-    with impl.Lock(CountingMutex(), backend.creator, get, 3600) as value:
+    with impl.Lock(CountingLock(), backend.creator, get, 3600) as value:
         assert value == "made elsewhere"
     assert backend.calls == 0
 
 
 def test_expired_with_mutex_free_creates(impl):
     backend = Backend("old", age=LONG_AGO)
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with impl.Lock(mutex, backend.creator, backend.get, 3600) as value:
         assert value == "new"
     assert backend.calls == 1
@@ -141,7 +97,7 @@ def test_expired_with_mutex_held_elsewhere_returns_stale_at_once(impl):
     """The test thread holds the mutex for the whole call, so a caller that
     waited for it would never return."""
     backend = Backend("old", age=LONG_AGO)
-    mutex = CountingMutex()
+    mutex = CountingLock()
     got = []
 
     def caller(_):
@@ -233,7 +189,7 @@ def test_async_creator_releasing_from_another_thread(impl):
 def test_async_creator_not_used_without_a_value(impl):
     """With nothing stale to return, the caller must create synchronously."""
     backend = Backend()
-    mutex = CountingMutex()
+    mutex = CountingLock()
     handed = []
     with impl.Lock(mutex, backend.creator, backend.get, 3600, handed.append) as value:
         assert value == "new"
@@ -247,7 +203,7 @@ def test_no_value_many_threads_create_once(impl):
     runs (it holds on until they are all there), and each re-checks the
     shared store instead of creating again."""
     backend = Backend()
-    mutex = CountingMutex()
+    mutex = CountingLock()
     barrier = threading.Barrier(16)
     results = []
 
@@ -274,7 +230,7 @@ class Boom(Exception):
 @pytest.mark.parametrize("age", [None, LONG_AGO], ids=["missing", "expired"])
 def test_creator_raising_releases_mutex(impl, age):
     backend = Backend("old", age=age) if age else Backend()
-    mutex = CountingMutex()
+    mutex = CountingLock()
 
     def fail():
         raise Boom("backend down")
@@ -290,7 +246,7 @@ def test_creator_raising_releases_mutex(impl, age):
 
 
 def test_value_and_created_fn_non_pair_is_type_error(impl):
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with pytest.raises(TypeError) as info:
         with impl.Lock(mutex, Backend().creator, lambda: "bare value", 3600):
             pass
@@ -302,7 +258,7 @@ def test_value_and_created_fn_non_pair_is_type_error(impl):
 
 
 def test_value_and_created_fn_non_pair_under_mutex_releases_it(impl):
-    mutex = CountingMutex()
+    mutex = CountingLock()
     answers = iter([("old", time.time() - LONG_AGO), 42])
     with pytest.raises(TypeError, match="value_and_created_fn must return a"):
         with impl.Lock(mutex, Backend().creator, lambda: next(answers), 3600):
@@ -312,7 +268,7 @@ def test_value_and_created_fn_non_pair_under_mutex_releases_it(impl):
 
 
 def test_creator_non_pair_is_type_error_naming_creator(impl):
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with pytest.raises(TypeError) as info:
         with impl.Lock(mutex, lambda: "bare value", Backend().get, 3600):
             pass
@@ -347,7 +303,7 @@ def test_functions_that_are_not_callable_fail_before_locking(impl, args, message
     """A Lock is made for every use, so its functions are checked when they
     are first needed (here: no value, so every one of them), not at
     construction; the error still comes before the mutex is taken."""
-    mutex = CountingMutex()
+    mutex = CountingLock()
     with pytest.raises(TypeError, match=message):
         with impl.Lock(mutex, *args):
             pass

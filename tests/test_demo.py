@@ -4,6 +4,9 @@ directory that is not the source tree.
 The demo runs whichever implementation ``import dogpile`` picks (or the
 twin, with ``--pure``), so these tests do not take the ``impl`` fixture.
 Assertions are on counts that the lock guarantees, never on timings.
+
+The ``--redis URL --processes N`` runs use the test session's real Redis
+server (see redis_server.py) and skip without one.
 """
 
 import os
@@ -11,12 +14,13 @@ import subprocess
 import sys
 
 import pytest
+from redis_server import free_port, redis_client, redis_url  # noqa: F401 (fixtures)
 
 import dogpile
 from dogpile import _demo
 
 SMALL = ["--threads", "4", "--duration", "0.5", "--expire", "0.1", "--backend-ms", "20"]
-OPTIONS = ["--threads", "--duration", "--expire", "--backend-ms", "--pure"]
+OPTIONS = ["--threads", "--duration", "--expire", "--backend-ms", "--pure", "--redis", "--processes"]
 
 
 def run_demo(tmp_path, *args, env=None, timeout=30):
@@ -103,6 +107,12 @@ def test_help_explains_each_option(tmp_path):
         ["--expire", "nan"],
         ["--backend-ms", "-5"],
         ["--no-such-option"],
+        ["--processes", "0"],
+        ["--processes", "65"],
+        ["--processes", "2"],  # without --redis
+        ["--redis"],
+        ["--redis", "foo://host"],
+        ["--redis", "redis://:secret@127.0.0.1:0/0"],
     ],
     ids=lambda args: " ".join(args),
 )
@@ -129,3 +139,80 @@ def test_percentile_is_nearest_rank():
     assert _demo.percentile(values, 100) == 100.0
     assert _demo.percentile([7.0], 99) == 7.0
     assert _demo.percentile([], 50) == 0.0
+
+
+# -- across processes, through Redis --------------------------------------------------
+
+
+def demo_keys(client):
+    return set(client.scan_iter(match="dogpile-demo:*", count=1000))
+
+
+def test_processes_sharing_redis_call_the_backend_about_once_per_expiry(tmp_path, redis_url, redis_client):
+    # The implementations each run across processes in test_cross_process;
+    # this is the demo's own run, with the pure one (--pure must reach the
+    # child processes).
+    pure = True
+    before = demo_keys(redis_client)
+    env = dict(os.environ)
+    env.pop("DOGPILE_NO_EXTENSIONS", None)
+    args = ["--redis", redis_url, "--processes", "3", *SMALL, *(["--pure"] if pure else [])]
+    result = run_demo(tmp_path, *args, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+    header = result.stdout.splitlines()[0]
+    assert "3 processes of 4 threads" in header
+    assert f"implementation {'python' if pure else dogpile.IMPLEMENTATION}" in header
+    address = redis_url.split("//", 1)[1]
+    assert f"Redis at {address}" in result.stdout
+
+    rows = table_rows(result.stdout)
+    assert set(rows) == {"unprotected", "dogpile"}, result.stdout
+    unprotected, protected = rows["unprotected"], rows["dogpile"]
+    # One RedisMutex for all three processes: one refresh per expiry across
+    # them all, as for threads in one process (see the test above for the
+    # bound).  Twelve unprotected readers refresh for themselves.
+    assert protected[1] >= 1
+    assert protected[2] <= 1.5
+    assert unprotected[1] >= protected[1]
+    assert unprotected[3] == 0
+    # Its keys are gone.
+    assert demo_keys(redis_client) <= before
+
+
+def test_an_unreachable_redis_gets_one_line_naming_it_and_status_2(tmp_path):
+    port = free_port()
+    result = run_demo(tmp_path, "--redis", f"redis://127.0.0.1:{port}/0", "--processes", "2")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
+def test_a_password_in_a_bad_url_is_not_printed(capsys):
+    assert _demo.main(["--redis", "foo://user:hunter2@host"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "***" in err
+
+
+def test_redis_without_the_client_says_which_extra_to_install(tmp_path):
+    script = (
+        "import sys; sys.modules['redis'] = None\n"
+        "from dogpile._demo import main\n"
+        "sys.exit(main(['--redis', 'redis://127.0.0.1:6379/0']))\n"
+    )
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=package_parent),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'python -m dogpile: error: --redis needs the redis client: pip install "dogpile[redis]"'
+    ]

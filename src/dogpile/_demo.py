@@ -7,16 +7,25 @@ backend itself) and once through one shared ``Dogpile`` (one thread calls
 the backend, the others serve the previous value meanwhile).  One table
 compares the two: backend calls, backend calls per expiry, stale values
 served, and what the callers waited.
+
+With ``--redis URL --processes N`` the same load runs in N processes of
+``--threads`` threads each, as the workers of a web site would: the cached
+value and the count of backend calls live in Redis, and the Dogpile of
+each process takes one shared ``dogpile.mutexes.RedisMutex``, so one caller
+among all the processes refreshes an expired value.
 """
 
 import argparse
 import math
 import os
 import platform
+import queue
+import signal
 import sys
 import sysconfig
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
@@ -38,6 +47,15 @@ MAX_THREADS = 1000
 # threads are done this long after the run ends unless something is broken.
 JOIN_GRACE_SECONDS = 5.0
 
+# Each process is a fresh interpreter (importing dogpile and redis), and
+# a loaded machine may take a while to start many; this bounds the wait.
+MAX_PROCESSES = 64
+START_DEADLINE_SECONDS = 60.0
+
+# Keys of a --redis run live under a prefix of their own, are deleted at the
+# end, and expire by themselves if the demo is killed before that.
+REDIS_KEY_TTL_SECONDS = 3600
+
 
 class DemoError(Exception):
     """The demonstration could not run to the end (reported in one line)."""
@@ -50,6 +68,8 @@ class Config:
     expire: float = 0.25  # seconds a cached value stays fresh
     backend_ms: float = 50.0  # milliseconds per backend call
     pure: bool = False
+    redis: Optional[str] = None  # URL: run across processes, sharing through Redis
+    processes: int = 1  # with redis: reader processes, each of ``threads`` threads
 
 
 @dataclass(frozen=True)
@@ -95,6 +115,49 @@ class Backend:
         return answer
 
 
+class RedisBackend:
+    """The same slow backend, its calls counted in Redis so that every
+    process's calls add up in one place."""
+
+    def __init__(self, client: Any, key: str, delay: float) -> None:
+        self._client = client
+        self._key = key
+        self._delay = delay
+
+    def fetch(self) -> int:
+        pipe = self._client.pipeline()
+        pipe.incr(self._key)
+        pipe.expire(self._key, REDIS_KEY_TTL_SECONDS)
+        answer = int(pipe.execute()[0])
+        time.sleep(self._delay)
+        return answer
+
+    @property
+    def calls(self) -> int:
+        return int(self._client.get(self._key) or 0)
+
+
+class RedisCache:
+    """The cache as ``dict``-like ``get``/``[]=`` of Records over Redis keys,
+    so the readers below work unchanged on either."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def get(self, key: str) -> Optional[Record]:
+        raw = self._client.get(self._prefix + key)
+        if raw is None:
+            return None
+        data, created = raw.split()
+        return Record(int(data), float(created))
+
+    def __setitem__(self, key: str, record: Record) -> None:
+        self._client.set(
+            self._prefix + key, f"{record.data} {record.created!r}", ex=REDIS_KEY_TTL_SECONDS
+        )
+
+
 # -- the two ways of reading the cache ----------------------------------------
 
 _KEY = "value"
@@ -116,11 +179,12 @@ def unprotected_reader(
 
 
 def dogpile_reader(
-    cache: Dict[str, Record], backend: Backend, expire: float, dogpile_class: Any
+    cache: Dict[str, Record], backend: Backend, expire: float, dogpile_class: Any, mutex: Any = None
 ) -> Callable[[], Record]:
     """The same cache behind one shared Dogpile: one caller refreshes an
-    expired value while the others get the previous one."""
-    lock = dogpile_class(expire)
+    expired value while the others get the previous one.  ``mutex`` (a
+    RedisMutex) extends "one caller" to every process that shares it."""
+    lock = dogpile_class(expire) if mutex is None else dogpile_class(expire, lock=mutex)
 
     def value_and_created() -> Tuple[Record, float]:
         record = cache.get(_KEY)
@@ -154,6 +218,21 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
 def run_load(name: str, read: Callable[[], Record], backend: Backend, config: Config) -> RunResult:
     """Run ``config.threads`` readers calling ``read()`` for
     ``config.duration`` seconds and measure what they saw."""
+    latencies, stale, elapsed = read_for(name, read, config)
+    return summarize(name, latencies, stale, backend.calls, elapsed, config)
+
+
+def read_for(
+    name: str,
+    read: Callable[[], Record],
+    config: Config,
+    before_go: Optional[Callable[[], None]] = None,
+) -> Tuple[List[float], int, float]:
+    """Run ``config.threads`` readers calling ``read()`` for
+    ``config.duration`` seconds; return every read's latency, the number of
+    stale reads, and the seconds from the start until every reader was
+    done.  ``before_go`` runs once the threads are ready, just before they
+    start (a process waits there for the others)."""
     go = threading.Event()
     stop = threading.Event()
     deadline = [0.0]  # set just before ``go``
@@ -187,6 +266,8 @@ def run_load(name: str, read: Callable[[], Record], backend: Backend, config: Co
     try:
         for thread in threads:
             thread.start()
+        if before_go is not None:
+            before_go()
         start = time.perf_counter()
         deadline[0] = start + config.duration
         go.set()
@@ -208,14 +289,21 @@ def run_load(name: str, read: Callable[[], Record], backend: Backend, config: Co
             f"running {elapsed - config.duration:.1f} s after the run should have ended"
         )
 
-    latencies = sorted(lat for sample in samples if sample for lat in sample[0])
+    latencies = [lat for sample in samples if sample for lat in sample[0]]
+    return latencies, sum(sample[1] for sample in samples if sample), elapsed
+
+
+def summarize(
+    name: str, latencies: List[float], stale: int, backend_calls: int, elapsed: float, config: Config
+) -> RunResult:
+    latencies = sorted(latencies)
     return RunResult(
         name=name,
         reads=len(latencies),
-        backend_calls=backend.calls,
+        backend_calls=backend_calls,
         elapsed=elapsed,
         expire=config.expire,
-        stale=sum(sample[1] for sample in samples if sample),
+        stale=stale,
         p50_ms=percentile(latencies, 50) * 1000.0,
         p99_ms=percentile(latencies, 99) * 1000.0,
         max_ms=(latencies[-1] if latencies else 0.0) * 1000.0,
@@ -232,6 +320,209 @@ def run_dogpile(config: Config, dogpile_class: Any) -> RunResult:
     backend = Backend(config.backend_ms / 1000.0)
     read = dogpile_reader({}, backend, config.expire, dogpile_class)
     return run_load("dogpile", read, backend, config)
+
+
+# -- across processes, through Redis ----------------------------------------------
+
+
+class DemoSetupError(Exception):
+    """A --redis URL that cannot be used (reported in one line, status 2)."""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise DemoSetupError(
+            '--redis needs the redis client: pip install "dogpile[redis]"'
+        ) from None
+    return redis
+
+
+def redis_client(url: str, **options: Any) -> Any:
+    """A redis-py client for ``url``, or DemoSetupError saying why not."""
+    redis = _import_redis()
+    try:
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:  # not a redis://, rediss:// or unix:// URL
+        raise DemoSetupError(f"--redis {_without_password(url)!r}: {exc}") from None
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit to print: any password replaced by ``***``."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def check_server(url: str) -> str:
+    """PING the server at ``url`` once, without the client's retries (a
+    wrong address should fail in a moment); return its address."""
+    _import_redis()
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError
+    from redis.retry import Retry
+
+    from .mutexes import _server_address
+
+    client = redis_client(url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    address = _server_address(client)
+    try:
+        client.ping()
+    except RedisError as exc:
+        raise DemoSetupError(f"--redis: cannot use the Redis server at {address}: {exc}") from None
+    finally:
+        client.close()
+    return address
+
+
+RUNS = ("unprotected", "dogpile")
+
+
+def _process_main(config: Config, prefix: str, index: int, messages: Any, go: Any) -> None:
+    """One reader process of a --redis run.  For each run in turn:
+    ``config.threads`` readers, through this process's own Dogpile (or
+    none, unprotected), with the cache, the backend's call count and the
+    mutex in Redis under ``prefix + run name``.  Each run starts when the
+    parent sets its event in ``go``, so all processes read at once."""
+    # Ctrl-C reaches the whole process group; the parent handles it and
+    # stops the children, which should not print tracebacks of their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        from .mutexes import RedisMutex
+
+        client = redis_client(config.redis)  # type: ignore[arg-type]
+        for name, start in zip(RUNS, go):
+            keys = f"{prefix}{name}:"
+            backend = RedisBackend(client, keys + "calls", config.backend_ms / 1000.0)
+            cache = RedisCache(client, keys)
+            if name == "unprotected":
+                read = unprotected_reader(cache, backend, config.expire)  # type: ignore[arg-type]
+            else:
+                dogpile_class, _ = dogpile_class_for(config.pure)
+                mutex = RedisMutex(client, keys + "lock")
+                read = dogpile_reader(cache, backend, config.expire, dogpile_class, mutex)  # type: ignore[arg-type]
+
+            def ready(name: str = name, start: Any = start) -> None:
+                messages.put(("ready", name, index, None))
+                if not start.wait(START_DEADLINE_SECONDS):
+                    raise DemoError(f"the {name} run never started")
+
+            latencies, stale, elapsed = read_for(name, read, config, ready)
+            messages.put(("done", name, index, (latencies, stale, elapsed)))
+    except BaseException as exc:  # reported by the parent, in one line
+        messages.put(("error", "", index, f"{type(exc).__name__}: {exc}"))
+
+
+def run_processes(config: Config, prefix: str) -> List[RunResult]:
+    """Run each load in ``config.processes`` processes at once (the same
+    processes for both) and combine what their readers saw."""
+    import multiprocessing
+
+    # A fresh interpreter per process on every platform: forking this one
+    # would copy whatever its other threads were holding.
+    ctx = multiprocessing.get_context("spawn")
+    messages = ctx.Queue()
+    go = [ctx.Event() for _ in RUNS]
+    processes = [
+        ctx.Process(
+            target=_process_main,
+            args=(config, prefix, index, messages, go),
+            name=f"dogpile-demo-{index}",
+            daemon=True,
+        )
+        for index in range(config.processes)
+    ]
+
+    # A fast process may report ready for the next run before a slow one
+    # reports done with this one: messages for later are kept until then.
+    early: List[Tuple[str, str, int, Any]] = []
+
+    def receive(kind: str, name: str, deadline: float) -> List[Any]:
+        got: List[Any] = [None] * config.processes
+        waiting = config.processes
+        while waiting:
+            kept = [m for m in early if m[:2] == (kind, name)]
+            try:
+                if kept:
+                    message = kept[0]
+                    early.remove(message)
+                else:
+                    message = messages.get(timeout=0.1)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise DemoError(
+                        f"{waiting} of {config.processes} processes did not report "
+                        f"{kind!r} for the {name} run in time"
+                    ) from None
+                dead = [p.name for p in processes if p.exitcode is not None]
+                if dead:
+                    raise DemoError(f"process {dead[0]} ended unexpectedly") from None
+                continue
+            what, run, index, payload = message
+            if what == "error":
+                raise DemoError(f"process {index} failed in the {name} run: {payload}")
+            if (what, run) != (kind, name):
+                early.append(message)
+                continue
+            got[index] = payload
+            waiting -= 1
+        return got
+
+    results = []
+    try:
+        for process in processes:
+            process.start()
+        for name, start in zip(RUNS, go):
+            receive("ready", name, time.monotonic() + START_DEADLINE_SECONDS)
+            start.set()
+            done_by = (
+                time.monotonic() + config.duration + JOIN_GRACE_SECONDS + 2 * config.backend_ms / 1000.0
+            )
+            reports = receive("done", name, done_by)
+            client = redis_client(config.redis)  # type: ignore[arg-type]
+            try:
+                calls = RedisBackend(client, f"{prefix}{name}:calls", 0).calls
+            finally:
+                client.close()
+            results.append(
+                summarize(
+                    name,
+                    [lat for report in reports for lat in report[0]],
+                    sum(report[1] for report in reports),
+                    calls,
+                    # Side by side: the run lasted as long as its longest process.
+                    max(report[2] for report in reports),
+                    config,
+                )
+            )
+        for process in processes:
+            process.join(JOIN_GRACE_SECONDS)
+    finally:
+        for event in go:
+            event.set()
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(JOIN_GRACE_SECONDS)
+    return results
+
+
+def delete_run_keys(url: str, prefix: str) -> None:
+    client = redis_client(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 # -- output ---------------------------------------------------------------------
@@ -273,17 +564,27 @@ def format_table(results: Sequence[RunResult]) -> str:
     return "\n".join(line(cells) for cells in [_COLUMNS, *rows])
 
 
-def header(config: Config, implementation: str) -> str:
+def header(config: Config, implementation: str, server: str = "") -> str:
     if config.pure and IMPLEMENTATION != "python":
         implementation += f" (--pure; the default here is {IMPLEMENTATION})"
     python = f"{platform.python_implementation()} {platform.python_version()}"
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
         python += " free-threaded"
-    return (
+    if config.redis is None:
+        readers = f"{config.threads} threads"
+    else:
+        readers = f"{config.processes} processes of {config.threads} threads"
+    text = (
         f"dogpile {__version__} stampede demo: implementation {implementation}, "
-        f"{python}, {config.threads} threads, 2 runs of {config.duration:g} s, "
+        f"{python}, {readers}, 2 runs of {config.duration:g} s, "
         f"value expires every {config.expire:g} s, backend call {config.backend_ms:g} ms"
     )
+    if config.redis is not None:
+        text += (
+            f"\nshared through Redis at {server}: the cached value, the backend call "
+            "count and the dogpile run's RedisMutex"
+        )
+    return text
 
 
 def legend(config: Config) -> str:
@@ -291,7 +592,7 @@ def legend(config: Config) -> str:
         f"calls/expiry: backend calls per {config.expire:g} s of run time "
         "(1 = one refresh per expiry; a stampede approaches the thread count).\n"
         "stale served: reads answered with a value already expired when the read "
-        "began, while another thread refreshed it.\n"
+        "began, while another caller refreshed it.\n"
         "latency: wall time of each whole read, from the caller's side."
     )
 
@@ -339,6 +640,16 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+def _process_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_PROCESSES} processes, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Config()
     parser = _Parser(
@@ -355,7 +666,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads", type=_thread_count, default=defaults.threads, metavar="N",
-        help=f"number of reader threads, 1 to {MAX_THREADS} (default: %(default)s)",
+        help=f"number of reader threads (in each process, with --processes), 1 to {MAX_THREADS} "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--duration", type=_positive_seconds, default=defaults.duration, metavar="SECONDS",
@@ -368,6 +680,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend-ms", type=_milliseconds, default=defaults.backend_ms, metavar="MS",
         help="how long one backend call takes, in milliseconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--redis", metavar="URL",
+        help="run across processes, sharing the cached value, the backend call count and "
+        "the dogpile run's lock (a RedisMutex) through this Redis server, e.g. "
+        "redis://127.0.0.1:6379/0; the demo's keys get a prefix of their own and are "
+        "deleted at the end (default: threads in one process, no server)",
+    )
+    parser.add_argument(
+        "--processes", type=_process_count, default=defaults.processes, metavar="N",
+        help=f"with --redis: reader processes, 1 to {MAX_PROCESSES}, each running "
+        "--threads threads (default: %(default)s)",
     )
     parser.add_argument(
         "--pure", action="store_true",
@@ -397,8 +721,11 @@ def dogpile_class_for(pure: bool) -> Tuple[Any, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the demonstration; return the process exit status."""
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
+        if args.processes != 1 and args.redis is None:
+            parser.error("--processes needs --redis: processes share the value through Redis")
     except SystemExit as exc:  # --help (0) or a bad option (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
     config = Config(
@@ -407,18 +734,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         expire=args.expire,
         backend_ms=args.backend_ms,
         pure=args.pure,
+        redis=args.redis,
+        processes=args.processes,
     )
     dogpile_class, implementation = dogpile_class_for(config.pure)
+    server = ""
+    if config.redis is not None:
+        try:
+            server = check_server(config.redis)
+        except DemoSetupError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 2
 
+    prefix = f"dogpile-demo:{uuid.uuid4().hex}:"
     try:
-        print(header(config, implementation), flush=True)
-        results = [run_unprotected(config), run_dogpile(config, dogpile_class)]
+        print(header(config, implementation, server), flush=True)
+        if config.redis is None:
+            results = [run_unprotected(config), run_dogpile(config, dogpile_class)]
+        else:
+            try:
+                results = run_processes(config, prefix)
+            finally:
+                delete_run_keys(config.redis, prefix)
         print()
         print(format_table(results))
         print()
         print(legend(config), flush=True)
     except DemoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # The server went away in the middle of a --redis run, say.
+        if config.redis is None or type(exc).__module__.partition(".")[0] != "redis":
+            raise
+        print(f"{PROG}: error: Redis at {server}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -124,7 +124,10 @@ class RecordingMutex:
 # -- the stampede: processes of threads sharing one value ------------------------------
 
 
-def stampede(impl_name, store_spec, mutex_spec, threads, expire, duration, create_seconds, think_seconds, barrier, results):
+def stampede(
+    impl_name, store_spec, mutex_spec, threads, expire, duration, create_seconds, think_seconds,
+    barrier, results,
+):
     """One process of the stampede: ``threads`` readers through one Dogpile
     with the shared mutex, for ``duration`` seconds after every process is
     ready; put a summary on ``results``."""
@@ -219,7 +222,8 @@ def hang_while_creating(impl_name, api, store_spec, mutex_spec, expire, creating
             return "from the killed holder", time.time()
 
         if api == "dogpile":
-            with impl.Dogpile(expire, lock=mutex).acquire(create, value_and_created_fn=value_and_created):
+            dogpile = impl.Dogpile(expire, lock=mutex)
+            with dogpile.acquire(create, value_and_created_fn=value_and_created):
                 pass
         else:
             with impl.Lock(mutex, create, value_and_created, expire):

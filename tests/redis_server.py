@@ -101,7 +101,8 @@ def server_url(config):
         try:
             import redis  # noqa: F401
         except ImportError:
-            _server["url"], _server["why"] = None, 'the redis client is not installed (pip install ".[test]")'
+            _server["url"] = None
+            _server["why"] = 'the redis client is not installed (pip install ".[test]")'
         else:
             url = os.environ.get(URL_VARIABLE)
             if url:
@@ -109,7 +110,8 @@ def server_url(config):
                     _server["url"], _server["why"] = url, None
                 else:
                     # Set on purpose and unreachable: always a failure.
-                    _server["url"], _server["why"] = None, f"{URL_VARIABLE}={url} does not answer PING"
+                    _server["url"] = None
+                    _server["why"] = f"{URL_VARIABLE}={url} does not answer PING"
                     _server["fatal"] = True
             else:
                 _server["url"], _server["why"] = _start(config)

@@ -20,11 +20,15 @@ import time
 
 import crossproc_workers as workers
 import pytest
+import redis_server
 from conftest import DEADLINE
-from redis_server import redis_client, redis_url, unique_key  # noqa: F401 (fixtures)
+from redis_server import unique_key
 
 from dogpile import NeedRegenerationException
-from dogpile.mutexes import FileMutex, RedisMutex
+
+# The session's Redis server, as fixtures of this module (see redis_server.py).
+redis_url = redis_server.redis_url
+redis_client = redis_server.redis_client
 
 PROCESSES = 4
 THREADS = 8
@@ -46,12 +50,16 @@ def shared(request, tmp_path):
     url = request.getfixturevalue("redis_url")
     client = request.getfixturevalue("redis_client")
     prefix = unique_key("xproc") + ":"
-    request.addfinalizer(lambda: client.delete(prefix + "lock", prefix + "value", prefix + "creations"))
+    request.addfinalizer(
+        lambda: client.delete(prefix + "lock", prefix + "value", prefix + "creations")
+    )
     store_spec = ("redis", url, prefix)
     return ("redis", url, prefix + "lock", 2.0), store_spec, workers.make_store(store_spec)
 
 
-def test_stampede_across_processes_creates_once_per_expiry_and_never_waits_with_a_value(impl, shared):
+def test_stampede_across_processes_creates_once_per_expiry_and_never_waits_with_a_value(
+    impl, shared
+):
     mutex_spec, store_spec, store = shared
     ctx = workers.spawn_context()
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
@@ -145,7 +153,8 @@ def test_a_holder_killed_while_creating_is_taken_over(impl, shared, api, has_val
 
     def read():
         if api == "dogpile":
-            with impl.Dogpile(30, lock=mutex).acquire(create, value_and_created_fn=value_and_created) as value:
+            dogpile = impl.Dogpile(30, lock=mutex)
+            with dogpile.acquire(create, value_and_created_fn=value_and_created) as value:
                 return value
         with impl.Lock(mutex, create, value_and_created, 30) as value:
             return value

@@ -14,13 +14,20 @@ import subprocess
 import sys
 
 import pytest
-from redis_server import free_port, redis_client, redis_url  # noqa: F401 (fixtures)
+import redis_server
+from redis_server import free_port
 
 import dogpile
 from dogpile import _demo
 
+# The session's Redis server, as fixtures of this module (see redis_server.py).
+redis_url = redis_server.redis_url
+redis_client = redis_server.redis_client
+
 SMALL = ["--threads", "4", "--duration", "0.5", "--expire", "0.1", "--backend-ms", "20"]
-OPTIONS = ["--threads", "--duration", "--expire", "--backend-ms", "--pure", "--redis", "--processes"]
+OPTIONS = [
+    "--threads", "--duration", "--expire", "--backend-ms", "--pure", "--redis", "--processes"
+]
 
 
 def run_demo(tmp_path, *args, env=None, timeout=30):
@@ -148,7 +155,9 @@ def demo_keys(client):
     return set(client.scan_iter(match="dogpile-demo:*", count=1000))
 
 
-def test_processes_sharing_redis_call_the_backend_about_once_per_expiry(tmp_path, redis_url, redis_client):
+def test_processes_sharing_redis_call_the_backend_about_once_per_expiry(
+    tmp_path, redis_url, redis_client
+):
     # The implementations each run across processes in test_cross_process;
     # this is the demo's own run, with the pure one (--pure must reach the
     # child processes).

@@ -21,12 +21,17 @@ import time
 
 import crossproc_workers as workers
 import pytest
+import redis_server
 from conftest import DEADLINE, run_threads
-from redis_server import redis_client, redis_url, unique_key  # noqa: F401 (fixtures)
+from redis_server import unique_key
 
 import dogpile
 from dogpile import LockError, NeedRegenerationException
 from dogpile.mutexes import FileMutex, RedisMutex
+
+# The session's Redis server, as fixtures of this module (see redis_server.py).
+redis_url = redis_server.redis_url
+redis_client = redis_server.redis_client
 
 SRC = os.path.dirname(os.path.dirname(dogpile.__file__))
 
@@ -87,7 +92,7 @@ def test_context_manager_releases_on_error(mutex_kind):
     mutex = mutex_kind.new()
     with pytest.raises(ZeroDivisionError):
         with mutex:
-            1 / 0
+            raise ZeroDivisionError
     assert not mutex.locked()
 
 
@@ -261,7 +266,10 @@ def test_dogpiles_with_their_own_mutex_objects_create_once(impl, mutex_kind):
     def call(i):
         dogpile_ = impl.Dogpile(60, lock=mutex_kind.new())
         inside.wait()
-        with dogpile_.acquire(store.creator(), value_and_created_fn=store.value_and_created) as value:
+        acquisition = dogpile_.acquire(
+            store.creator(), value_and_created_fn=store.value_and_created
+        )
+        with acquisition as value:
             got.append(value)
 
     run_threads(call, 8)

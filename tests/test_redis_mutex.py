@@ -17,12 +17,17 @@ import threading
 import time
 
 import pytest
+import redis_server
 from conftest import DEADLINE
-from redis_server import free_port, redis_client, redis_url, unique_key  # noqa: F401 (fixtures)
+from redis_server import free_port, unique_key
 
 import dogpile
 from dogpile import LockError, NeedRegenerationException
 from dogpile.mutexes import LeaseLost, RedisMutex
+
+# The session's Redis server, as fixtures of this module (see redis_server.py).
+redis_url = redis_server.redis_url
+redis_client = redis_server.redis_client
 
 if os.environ.get("DOGPILE_REQUIRE_REDIS") == "1":
     import redis  # a missing client is a failure, as a missing server is
@@ -160,7 +165,9 @@ def test_a_lock_taken_over_after_the_lease_is_not_deleted_by_the_old_holder(redi
 
 
 @pytest.mark.parametrize("auto_renew", [True, False], ids=["auto_renew", "no-renew"])
-def test_a_stolen_lock_is_never_deleted_or_extended_by_its_old_holder(redis_client, key, auto_renew):
+def test_a_stolen_lock_is_never_deleted_or_extended_by_its_old_holder(
+    redis_client, key, auto_renew
+):
     mutex = RedisMutex(redis_client, key, lease=0.3, auto_renew=auto_renew)
     mutex.acquire()
     redis_client.set(key, "thief", px=60_000)
@@ -446,12 +453,13 @@ def test_lock_api_no_value_waits_then_reads_what_another_holder_created(impl, re
         return "mine", time.time()
 
     result = []
-    waiter = threading.Thread(
-        target=lambda: result.append(
-            impl.Lock(RedisMutex(redis_client, key, lease=5), creator, value_and_created, 60).__enter__()
-        ),
-        daemon=True,
-    )
+
+    def wait():
+        mutex = RedisMutex(redis_client, key, lease=5)
+        with impl.Lock(mutex, creator, value_and_created, 60) as value:
+            result.append(value)
+
+    waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
     redis_client.set(value_key + ":t", time.time())
     redis_client.set(value_key, "theirs")

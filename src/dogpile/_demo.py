@@ -294,7 +294,12 @@ def read_for(
 
 
 def summarize(
-    name: str, latencies: List[float], stale: int, backend_calls: int, elapsed: float, config: Config
+    name: str,
+    latencies: List[float],
+    stale: int,
+    backend_calls: int,
+    elapsed: float,
+    config: Config,
 ) -> RunResult:
     latencies = sorted(latencies)
     return RunResult(
@@ -372,7 +377,9 @@ def check_server(url: str) -> str:
 
     from .mutexes import _server_address
 
-    client = redis_client(url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0))
+    client = redis_client(
+        url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
     address = _server_address(client)
     try:
         client.ping()
@@ -483,9 +490,8 @@ def run_processes(config: Config, prefix: str) -> List[RunResult]:
         for name, start in zip(RUNS, go):
             receive("ready", name, time.monotonic() + START_DEADLINE_SECONDS)
             start.set()
-            done_by = (
-                time.monotonic() + config.duration + JOIN_GRACE_SECONDS + 2 * config.backend_ms / 1000.0
-            )
+            done_by = time.monotonic() + config.duration + JOIN_GRACE_SECONDS
+            done_by += 2 * config.backend_ms / 1000.0
             reports = receive("done", name, done_by)
             client = redis_client(config.redis)  # type: ignore[arg-type]
             try:

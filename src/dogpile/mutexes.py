@@ -25,6 +25,7 @@ import math
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -131,7 +132,7 @@ class _MutexBase:
 
 # -- FileMutex ----------------------------------------------------------------------
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _try_lock_file(fd: int) -> bool:
@@ -187,7 +188,7 @@ def _close_fd_in(cell: List[Optional[int]]) -> None:
 class FileMutex(_MutexBase):
     """A lock shared by the processes of one host through a lock file.
 
-    :param path: the lock file (str or path-like).  It is created if
+    :param path: the lock file (str, bytes or path-like).  It is created if
         missing, and never deleted: deleting a lock file that another
         process has open would let a third one lock a new file of the same
         name while the second still holds the old one.  Every process must
@@ -201,15 +202,15 @@ class FileMutex(_MutexBase):
 
     __slots__ = ("_path", "_local", "_guard", "_fd", "__weakref__")
 
-    def __init__(self, path: "Union[str, os.PathLike[str]]") -> None:
+    def __init__(self, path: "Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]") -> None:
         try:
-            self._path = os.fspath(path)
+            # One spelling (str) for the path in repr and error messages.
+            self._path: str = os.fsdecode(path)
         except TypeError:
             raise TypeError(
-                f"FileMutex needs a file path (str or path-like), not {type(path).__name__!r}"
+                f"FileMutex needs a file path (str, bytes or path-like), "
+                f"not {type(path).__name__!r}"
             ) from None
-        if not isinstance(self._path, str):
-            self._path = os.fsdecode(self._path)
         # Created (and checked) now, so a path that cannot work (no such
         # directory, no permission, a directory) fails here, not at the
         # first regeneration in production.
@@ -322,10 +323,10 @@ class FileMutex(_MutexBase):
 
 # -- RedisMutex ---------------------------------------------------------------------
 
-# SET NX PX, made idempotent: redis-py (6 and later) resends a command whose
-# reply was lost to a connection failure, and a plain SET NX resent after it
-# had worked would find the key taken, by this very token, and report the
-# lock busy until its lease ran out.
+# SET NX PX, made idempotent: redis-py resends a command whose reply was lost
+# to a connection failure (by default since 6.0), and a plain SET NX resent
+# after it had worked would find the key taken, by this very token, and
+# report the lock busy until its lease ran out.
 _ACQUIRE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
@@ -411,7 +412,9 @@ class _Renewal:
         self.thread: Optional[threading.Thread] = None
 
 
-def _renew(client: Any, name: Any, token: str, lease_ms: int, interval: float, state: _Renewal) -> None:
+def _renew(
+    client: Any, name: Any, token: str, lease_ms: int, interval: float, state: _Renewal
+) -> None:
     # Holds the client, the key and the token, never the mutex: a mutex
     # dropped while held is collected, its finalizer sets ``stop``, and this
     # thread ends.
@@ -474,7 +477,13 @@ class RedisMutex(_MutexBase):
         "__weakref__",
     )
 
-    def __init__(self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True) -> None:
+    def __init__(
+        self,
+        client: Any,
+        name: Union[str, bytes],
+        lease: float = 30.0,
+        auto_renew: bool = True,
+    ) -> None:
         self._errors = _client_errors(client)
         for method in ("set", "eval", "exists"):
             function = getattr(client, method, None)

@@ -332,6 +332,47 @@ def test_lock_async_creator_releases_from_another_thread(impl, mutex_kind):
     other.release()
 
 
+def test_wait_timeout_bounds_the_wait_on_a_cross_process_mutex(impl, mutex_kind):
+    """Dogpile(wait_timeout=...) passes its timeout to the mutex's
+    acquire(True, timeout=...): a holder elsewhere makes it give up with
+    LockTimeout, holding nothing."""
+    elsewhere = mutex_kind.new()
+    assert elsewhere.acquire()
+    mutex = mutex_kind.new()
+    store = Store()
+    dogpile_ = impl.Dogpile(60, lock=mutex, wait_timeout=0.1)
+    started = time.monotonic()
+    with pytest.raises(dogpile.LockTimeout):
+        with dogpile_.acquire(store.creator(), value_and_created_fn=store.value_and_created):
+            pass
+    assert time.monotonic() - started >= 0.1
+    assert store.creations == 0
+    elsewhere.release()
+    assert not mutex.locked()
+    with dogpile_.acquire(store.creator(), value_and_created_fn=store.value_and_created) as value:
+        assert value == "new"
+
+
+def test_background_creation_releases_the_mutex_from_the_executor(impl, mutex_kind):
+    """Dogpile(background=executor): the caller takes the mutex, the
+    executor's thread creates and releases it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store("stale", time.time() - 120)
+    mutex, other = mutex_kind.new(), mutex_kind.new()
+    with ThreadPoolExecutor(1) as executor:
+        dogpile_ = impl.Dogpile(60, lock=mutex, background=executor)
+        acquisition = dogpile_.acquire(
+            store.creator(), value_and_created_fn=store.value_and_created
+        )
+        with acquisition as value:
+            assert value == "stale"
+    # Leaving the with block waited for the executor's job.
+    assert store.creations == 1 and store.value == "new"
+    assert other.acquire(False), "the executor's thread released the mutex"
+    other.release()
+
+
 def test_creator_failure_releases_the_mutex(impl, mutex_kind):
     mutex, other = mutex_kind.new(), mutex_kind.new()
     store = Store()

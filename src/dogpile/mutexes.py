@@ -453,7 +453,8 @@ class RedisMutex(_MutexBase):
         garbage-collected.
 
     Acquiring sets the key to a random token, only if it does not exist
-    (``SET NX PX``); releasing deletes it only if it still holds that token
+    (``SET NX PX``, in a script that also knows the key for its own when
+    the client resends the command after a lost reply); releasing deletes it only if it still holds that token
     (one atomic script), so a holder whose lease ran out never deletes a
     lock that someone else has taken since: ``release()`` raises
     ``LeaseLost`` instead.  A blocking ``acquire()`` retries with
@@ -485,6 +486,9 @@ class RedisMutex(_MutexBase):
         auto_renew: bool = True,
     ) -> None:
         self._errors = _client_errors(client)
+        # eval and exists are what the mutex calls (its SET runs inside a
+        # script); set is there to tell a Redis client from other objects
+        # that happen to have an eval().
         for method in ("set", "eval", "exists"):
             function = getattr(client, method, None)
             if not callable(function):
@@ -532,6 +536,7 @@ class RedisMutex(_MutexBase):
 
     @property
     def auto_renew(self) -> bool:
+        """Whether a held lock's lease is extended until release()."""
         return self._auto_renew
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:

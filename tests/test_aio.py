@@ -1,0 +1,1424 @@
+"""dogpile.aio: AsyncDogpile and AsyncLock, over both cores (the ``impl``
+fixture: ``aio._build(impl)``).
+
+Every coroutine test runs in ``asyncio.run()`` under ``DEADLINE`` (pytest-
+asyncio is not a dependency), and the concurrency is synchronized with
+asyncio Events, never with sleeps that a slow machine could outrun.
+"""
+
+import asyncio
+import functools
+import gc
+import logging
+import math
+import threading
+import time
+import weakref
+
+import pytest
+from conftest import DEADLINE
+
+import dogpile
+from dogpile import LockError, LockTimeout, NeedRegenerationException, aio
+
+
+@pytest.fixture
+def classes(impl):
+    return aio._build(impl)
+
+
+@pytest.fixture
+def AsyncDogpile(classes):
+    return classes.AsyncDogpile
+
+
+@pytest.fixture
+def AsyncLock(classes):
+    return classes.AsyncLock
+
+
+def run(coroutine_function, *args):
+    """Run ``coroutine_function(*args)`` in a new event loop, under DEADLINE."""
+
+    async def bounded():
+        return await asyncio.wait_for(coroutine_function(*args), DEADLINE)
+
+    return asyncio.run(bounded())
+
+
+async def wait_until(condition, what):
+    """Yield to the loop until ``condition()`` holds, at most DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what}"
+        await asyncio.sleep(0)
+
+
+class Creator:
+    """A creator that counts its calls and, if ``gate`` is set, waits for
+    it (an asyncio.Event made in the running loop) before it returns.
+    ``entered`` is set when a call begins."""
+
+    def __init__(self, result="value", gate=False, error=None, coroutine=True):
+        self.result = result
+        self.calls = 0
+        self.error = error
+        self.coroutine = coroutine
+        self.gated = gate
+        self.gate = None
+        self.entered = None
+
+    def arm(self):
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        if not self.gated:
+            self.gate.set()
+
+    async def _run(self):
+        self.calls += 1
+        self.entered.set()
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result if not callable(self.result) else self.result(self.calls)
+
+    def __call__(self):
+        if self.gate is None:
+            self.arm()
+        if self.coroutine:
+            return self._run()
+        self.calls += 1
+        self.entered.set()
+        if self.error is not None:
+            raise self.error
+        return self.result if not callable(self.result) else self.result(self.calls)
+
+
+def lock_of(d):
+    return d._state.lock
+
+
+# -- which core ----------------------------------------------------------------------------
+
+
+def test_the_public_classes_use_the_core_dogpile_chose():
+    chosen = "dogpile._core" if dogpile.IMPLEMENTATION == "cython" else "dogpile._core_py"
+    core = __import__(chosen, fromlist=["_is_expired"])
+    assert aio.AsyncDogpile._is_expired is core._is_expired
+    assert aio.AsyncLock._is_expired is core._is_expired
+    assert aio._build(core) == (aio.AsyncDogpile, aio.AsyncLock)
+
+
+def test_build_binds_the_given_core(impl, classes):
+    assert classes.AsyncDogpile._is_expired is impl._is_expired
+    assert classes.AsyncLock._is_expired is impl._is_expired
+    assert issubclass(classes.AsyncDogpile, aio.AsyncDogpile)
+    d = classes.AsyncDogpile(10)
+    assert d._state.expired is impl._is_expired
+
+
+# -- first creation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coroutine", [True, False], ids=["coroutine", "plain"])
+def test_a_thousand_tasks_on_a_missing_value_make_one_creation(AsyncDogpile, coroutine):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator("made", gate=coroutine, coroutine=coroutine)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(1000)]
+        if coroutine:
+            await creator.entered.wait()
+            await asyncio.sleep(0)  # the others reach the lock
+            creator.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert results == ["made"] * 1000
+        assert creator.calls == 1
+        stats = d.stats()
+        assert stats["created"] == 1
+        if coroutine:
+            assert stats["waited"] == 999
+        assert not lock_of(d).locked()
+        assert d.has_value and not d.is_expired
+
+    run(main)
+
+
+def test_waiters_get_the_value_the_creator_returned_without_fresh_reads(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator(lambda n: f"v{n}", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(10)]
+        await creator.entered.wait()
+        creator.gate.set()
+        assert await asyncio.gather(*tasks) == ["v1"] * 10
+        async with d.acquire(creator) as value:
+            assert value == "v1"
+        assert d.stats()["fresh"] == 1
+
+    run(main)
+
+
+# -- an expired value ----------------------------------------------------------------------
+
+
+def test_a_thousand_tasks_on_an_expired_value_one_creation_and_no_task_waits(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        async with d.acquire(lambda: "old") as value:
+            assert value == "old"
+        d.createdtime = time.time() - 3600
+        creator = Creator("new", gate=True)
+        creator.arm()
+        finished = []
+
+        async def read():
+            async with d.acquire(creator) as value:
+                finished.append(value)
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(1000)]
+        await creator.entered.wait()
+        # Every task but the creating one ends while the creator is still
+        # blocked on its gate.
+        await wait_until(lambda: len(finished) == 999, "the 999 stale reads")
+        assert not creator.gate.is_set()
+        assert finished == ["old"] * 999
+        assert sum(not t.done() for t in tasks) == 1
+        assert d.stats()["stale"] == 999
+        creator.gate.set()
+        results = await asyncio.gather(*tasks)
+        assert sorted(results) == ["new"] + ["old"] * 999
+        assert creator.calls == 1
+        assert d.stats()["created"] == 2 and d.stats()["waited"] == 0  # "old", then "new"
+        async with d.acquire(creator) as value:
+            assert value == "new"
+        assert not lock_of(d).locked()
+
+    run(main)
+
+
+def test_stale_readers_do_not_touch_a_custom_lock_beyond_one_try(AsyncDogpile):
+    class Counting(asyncio.Lock):
+        acquires = 0
+
+        async def acquire(self):
+            Counting.acquires += 1
+            return await super().acquire()
+
+    async def main():
+        lock = Counting()
+        d = AsyncDogpile(60, lock=lock)
+        async with d.acquire(lambda: "old"):
+            pass
+        before = Counting.acquires
+        for _ in range(100):  # fresh hits take no lock at all
+            async with d.acquire(lambda: "x") as value:
+                assert value == "old"
+        assert Counting.acquires == before
+        d.createdtime = time.time() - 3600
+        creator = Creator("new", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        assert [await read() for _ in range(5)] == ["old"] * 5
+        creator.gate.set()
+        assert await first == "new"
+        assert not lock.locked()
+
+    run(main)
+
+
+# -- plain and coroutine functions ---------------------------------------------------------
+
+
+async def _async_value(value):
+    return value
+
+
+class _AsyncCallable:
+    def __init__(self, value):
+        self.value = value
+
+    async def __call__(self):
+        return self.value
+
+
+class _FutureReturning:
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self):
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(self.value)
+        return future
+
+
+def _function_kinds(value):
+    return {
+        "plain": lambda: value,
+        "coroutine": functools.partial(_async_value, value),
+        "callable-object": _AsyncCallable(value),
+        "future": _FutureReturning(value),
+    }
+
+
+@pytest.mark.parametrize("kind", ["plain", "coroutine", "callable-object", "future"])
+def test_creator_kinds(AsyncDogpile, kind):
+    async def main():
+        d = AsyncDogpile(60)
+        async with d.acquire(_function_kinds("made")[kind]) as value:
+            assert value == "made"
+        async with d.acquire(_function_kinds("other")[kind]) as value:
+            assert value == "made"
+
+    run(main)
+
+
+@pytest.mark.parametrize("creator_kind", ["plain", "coroutine"])
+@pytest.mark.parametrize("value_kind", ["plain", "coroutine", "callable-object", "future"])
+def test_value_fn_kinds_mixed(AsyncDogpile, creator_kind, value_kind):
+    async def main():
+        cache = {}
+
+        def store(value):
+            cache["k"] = value
+            return value
+
+        creators = {
+            "plain": lambda: store("created"),
+            "coroutine": functools.partial(_async_value, None),
+        }
+
+        async def async_create():
+            return store("created")
+
+        creator = creators[creator_kind] if creator_kind == "plain" else async_create
+
+        def read_cache():
+            if "k" not in cache:
+                raise NeedRegenerationException()
+            return cache["k"]
+
+        async def read_cache_async():
+            return read_cache()
+
+        value_fn = {
+            "plain": read_cache,
+            "coroutine": read_cache_async,
+            "callable-object": read_cache,
+            "future": read_cache,
+        }[value_kind]
+        d = AsyncDogpile(60)
+        async with d.acquire(creator, value_fn) as value:
+            assert value == "created"  # the creator's, as this call created
+        cache["k"] = "changed"
+        async with d.acquire(creator, value_fn) as value:
+            assert value == "changed"  # value_fn's, as the value is fresh
+        cache.clear()  # value_fn: no value, though createdtime says fresh
+        async with d.acquire(creator, value_fn) as value:
+            assert value == "created"
+        assert d.stats()["created"] == 2
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", ["plain", "coroutine"])
+def test_value_and_created_fn(AsyncDogpile, kind):
+    async def main():
+        store = {}
+        creations = []
+
+        def create():
+            creations.append(1)
+            store["k"] = ("made", time.time())
+            return store["k"]
+
+        def stored():
+            if "k" not in store:
+                raise NeedRegenerationException()
+            return store["k"]
+
+        async def create_async():
+            return create()
+
+        async def stored_async():
+            return stored()
+
+        c, v = (create, stored) if kind == "plain" else (create_async, stored_async)
+        d = AsyncDogpile(60)
+        async with d.acquire(c, value_and_created_fn=v) as value:
+            assert value == "made"
+        # Another AsyncDogpile picks up where the first left off.
+        d2 = AsyncDogpile(60)
+        async with d2.acquire(c, value_and_created_fn=v) as value:
+            assert value == "made"
+        assert len(creations) == 1
+        assert d2.createdtime == store["k"][1]
+        store["k"] = ("old", time.time() - 3600)
+        async with d2.acquire(c, value_and_created_fn=v) as value:
+            assert value == "made"  # the lock was free: this call created
+        assert len(creations) == 2
+
+    run(main)
+
+
+def test_a_bad_pair_names_the_function_and_releases_the_lock(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+
+        async def bad_creator():
+            return "not a pair"
+
+        def missing():
+            raise NeedRegenerationException()
+
+        with pytest.raises(TypeError, match=r"creator must return a \(value, createdtime\) pair"):
+            async with d.acquire(bad_creator, value_and_created_fn=missing):
+                pass
+        assert not lock_of(d).locked()
+
+        async def bad_stored():
+            return ["a", "b", "c"]
+
+        with pytest.raises(TypeError, match="value_and_created_fn must return"):
+            async with d.acquire(bad_creator, value_and_created_fn=bad_stored):
+                pass
+
+    run(main)
+
+
+# -- failure -------------------------------------------------------------------------------
+
+
+def test_a_failing_coroutine_creator_is_shared_by_its_waiters_and_retried_after(AsyncDogpile):
+    class Boom(Exception):
+        pass
+
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator(gate=True, error=Boom("backend down"))
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(32)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert creator.calls == 1
+        assert all(isinstance(r, Boom) for r in results)
+        assert len({id(r) for r in results}) == 1, "the one exception, raised in each"
+        assert not lock_of(d).locked()
+        assert d.stats()["failed"] == 1 and d.stats()["created"] == 1
+        # The next caller tries again.
+        creator.error = None
+        creator.result = "recovered"
+        assert await read() == "recovered"
+        assert creator.calls == 2
+
+    run(main)
+
+
+def test_the_shared_exception_keeps_a_bounded_traceback(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator(gate=True, error=ValueError("x"))
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator):
+                pass
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(200)]
+        await creator.entered.wait()
+        creator.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        depth = 0
+        tb = results[0].__traceback__
+        while tb is not None:
+            depth += 1
+            tb = tb.tb_next
+        assert depth < 30, f"traceback of {depth} frames: it grew with each waiter"
+
+    run(main)
+
+
+# -- cancellation --------------------------------------------------------------------------
+
+
+def test_a_waiter_cancelled_while_waiting_leaves_the_others_waiting(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator("made", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(20)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        for task in tasks[5:10]:
+            task.cancel()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results[5:10])
+        assert results[:5] + results[10:] == ["made"] * 15
+        assert creator.calls == 1
+        assert not lock_of(d).locked()
+
+    run(main)
+
+
+def test_a_creator_cancelled_mid_creation_releases_the_lock_and_a_waiter_creates(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator(lambda n: f"v{n}", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        waiters = [asyncio.ensure_future(read()) for _ in range(20)]
+        await asyncio.sleep(0)
+        creator.entered.clear()
+        first.cancel()
+        # The next waiter creates: no CancelledError handed to the others.
+        await creator.entered.wait()
+        assert creator.calls == 2
+        creator.gate.set()
+        results = await asyncio.gather(*waiters)
+        assert results == ["v2"] * 20
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not lock_of(d).locked()
+        assert d.stats()["created"] == 2 and d.stats()["failed"] == 0
+
+    run(main)
+
+
+def test_a_creator_cancelled_with_nobody_waiting_leaves_nothing_locked(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator("v", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        task = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not lock_of(d).locked()
+        assert d._state.attempt is None
+        creator.gate.set()
+        assert await read() == "v"
+
+    run(main)
+
+
+def test_a_cancelled_creator_of_an_expired_value_leaves_it_stale_and_unlocked(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        async with d.acquire(lambda: "old"):
+            pass
+        d.createdtime = time.time() - 3600
+        creator = Creator("new", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        task = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not lock_of(d).locked() and d.is_expired
+        creator.gate.set()
+        assert await read() == "new"
+
+    run(main)
+
+
+# -- re-entry ------------------------------------------------------------------------------
+
+
+def test_a_creator_that_acquires_its_own_dogpile_gets_lock_error(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+
+        async def creator():
+            async with d.acquire(creator):
+                pass
+
+        with pytest.raises(LockError, match="from inside its own creator"):
+            async with d.acquire(creator):
+                pass
+        assert not lock_of(d).locked()
+
+    run(main)
+
+
+# -- event loops ---------------------------------------------------------------------------
+
+
+def test_a_second_event_loop_after_the_first_is_closed(AsyncDogpile):
+    d = AsyncDogpile(60)
+
+    async def stampede(expected):
+        creator = Creator(expected, gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(50)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)  # contended: asyncio.Lock binds to this loop
+        creator.gate.set()
+        assert await asyncio.gather(*tasks) == [expected] * 50
+        return creator.calls
+
+    assert run(stampede, "first") == 1
+    first_lock = lock_of(d)
+
+    async def fresh():
+        async with d.acquire(lambda: "unused") as value:
+            return value
+
+    assert run(fresh) == "first"  # a fresh hit needs no lock
+    d.createdtime = -1  # no value again: the second loop waits on a lock
+    assert run(stampede, "second") == 1
+    assert lock_of(d) is not first_lock
+    d.createdtime = time.time() - 3600  # expired: the stale path in a third loop
+
+    async def stale_while_creating():
+        creator = Creator("third", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        assert await read() == "second"
+        creator.gate.set()
+        return await first
+
+    assert run(stale_while_creating) == "third"
+
+
+def test_a_lock_held_by_a_closed_loop_does_not_block_the_next_loop(AsyncDogpile):
+    d = AsyncDogpile(60)
+    loop = asyncio.new_event_loop()
+    entered = []
+
+    async def creator():
+        entered.append(1)
+        await asyncio.sleep(3600)
+
+    async def read():
+        async with d.acquire(creator) as value:
+            return value
+
+    task = loop.create_task(read())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert entered and lock_of(d).locked()
+    task.cancel()  # a clean close: the task's own ``finally`` would run
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pass
+    assert not lock_of(d).locked()
+
+    # Now one that is abandoned: the loop closed with the creation pending.
+    d2 = AsyncDogpile(60)
+    loop2 = asyncio.new_event_loop()
+
+    async def read2():
+        async with d2.acquire(creator):
+            pass
+
+    held = loop2.create_task(read2())
+    loop2.run_until_complete(asyncio.sleep(0.01))
+    assert lock_of(d2).locked()
+    loop2.close()
+    loop.close()
+
+    async def again():
+        async with d2.acquire(lambda: "made in the new loop") as value:
+            return value
+
+    assert run(again) == "made in the new loop"
+    assert not held.done()  # it belongs to the closed loop, and stays as it was
+    del held
+
+
+def test_use_from_a_second_loop_while_the_first_runs_is_a_clear_error(AsyncDogpile):
+    d = AsyncDogpile(60)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def use():
+            async with d.acquire(lambda: "v") as value:
+                return value
+
+        assert asyncio.run_coroutine_threadsafe(use(), loop).result(DEADLINE) == "v"
+        d.createdtime = -1
+        with pytest.raises(RuntimeError, match="in use by another event loop that is still open"):
+            run(use)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(DEADLINE)
+        loop.close()
+
+
+# -- wait_timeout --------------------------------------------------------------------------
+
+
+def test_wait_timeout_gives_up_on_a_hung_creator(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, wait_timeout=0.05)
+        creator = Creator("late", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        hung = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        waiters = [asyncio.ensure_future(read()) for _ in range(5)]
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(r, LockTimeout) for r in results)
+        assert "wait_timeout" in str(results[0])
+        assert isinstance(results[0], LockError)
+        assert d.stats()["timeouts"] == 5 and d.stats()["waited"] == 5
+        creator.gate.set()
+        assert await hung == "late"
+        await asyncio.sleep(0)
+        assert not lock_of(d).locked()
+        assert creator.calls == 1
+
+    run(main)
+
+
+def test_wait_timeout_is_met_when_the_creator_is_quick_enough(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, wait_timeout=DEADLINE)
+        creator = Creator("made", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(10)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        assert await asyncio.gather(*tasks) == ["made"] * 10
+        assert d.stats()["timeouts"] == 0
+        assert not lock_of(d).locked()
+
+    run(main)
+
+
+def test_an_acquire_that_succeeds_after_the_timeout_is_released(classes):
+    class Stubborn:
+        """A lock whose acquire() ignores cancellation and succeeds late."""
+
+        def __init__(self):
+            self.held = False
+            self.release_calls = 0
+            self.proceed = asyncio.Event()
+
+        async def acquire(self):
+            while True:
+                try:
+                    await self.proceed.wait()
+                    break
+                except asyncio.CancelledError:
+                    continue
+            self.held = True
+            return True
+
+        def release(self):
+            self.release_calls += 1
+            self.held = False
+
+        def locked(self):
+            return self.held
+
+    async def main():
+        lock = Stubborn()
+        assert await aio._acquire_within(lock, 0.01) is False
+        lock.proceed.set()
+        await wait_until(lambda: lock.release_calls == 1, "the late acquire to be released")
+        assert not lock.held
+
+    run(main)
+
+
+def test_a_waiter_with_a_timeout_cancelled_leaves_nothing_locked(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, wait_timeout=DEADLINE)
+        creator = Creator("v", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        waiter = asyncio.ensure_future(read())
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        creator.gate.set()
+        assert await first == "v"
+        await wait_until(lambda: not lock_of(d).locked(), "the lock to be free")
+
+    run(main)
+
+
+# -- background ----------------------------------------------------------------------------
+
+
+def test_background_returns_the_stale_value_at_once_and_creates_in_a_task(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, background=True)
+        async with d.acquire(lambda: "old") as value:  # no value: created inline
+            assert value == "old"
+        d.createdtime = time.time() - 3600
+        creator = Creator("new", gate=True)
+        creator.arm()
+        async with d.acquire(creator) as value:
+            assert value == "old"  # the caller that won does not wait either
+        assert len(d._state.tasks) == 1, "the background task is kept referenced"
+        await creator.entered.wait()
+        assert lock_of(d).locked()
+        async with d.acquire(creator) as value:
+            assert value == "old"
+        creator.gate.set()
+        await wait_until(lambda: not d._state.tasks, "the background task to end")
+        assert not lock_of(d).locked()
+        async with d.acquire(creator) as value:
+            assert value == "new"
+        assert creator.calls == 1
+        assert d.stats()["stale"] == 2
+
+    run(main)
+
+
+def test_background_failure_is_logged_and_the_next_caller_retries(AsyncDogpile, caplog):
+    async def main():
+        d = AsyncDogpile(60, background=True)
+        async with d.acquire(lambda: "old"):
+            pass
+        d.createdtime = time.time() - 3600
+        failing = Creator(error=RuntimeError("backend down"))
+        async with d.acquire(failing) as value:
+            assert value == "old"
+        await wait_until(lambda: not d._state.tasks, "the background task to end")
+        assert not lock_of(d).locked()
+        assert d.is_expired
+        good = Creator("new")
+        async with d.acquire(good) as value:
+            assert value == "old"
+        await wait_until(lambda: not d._state.tasks, "the second background task")
+        async with d.acquire(good) as value:
+            assert value == "new"
+        assert (failing.calls, good.calls) == (1, 1)
+        assert d.stats()["failed"] == 1
+
+    with caplog.at_level(logging.WARNING, logger="dogpile"):
+        run(main)
+    failures = [r for r in caplog.records if "background creation failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].levelno == logging.WARNING
+    assert "backend down" in str(failures[0].exc_info[1])
+
+
+def test_a_background_task_cancelled_before_it_ran_releases_the_lock(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, background=True)
+        async with d.acquire(lambda: "old"):
+            pass
+        d.createdtime = time.time() - 3600
+        creator = Creator("new")
+        async with d.acquire(creator) as value:
+            assert value == "old"
+        (task,) = d._state.tasks
+        task.cancel()
+        await wait_until(lambda: not d._state.tasks, "the cancelled task")
+        assert not lock_of(d).locked()
+        assert creator.calls == 0
+
+    run(main)
+
+
+def test_a_background_task_cancelled_mid_creation_releases_the_lock(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, background=True)
+        async with d.acquire(lambda: "old"):
+            pass
+        d.createdtime = time.time() - 3600
+        creator = Creator("new", gate=True)
+        creator.arm()
+        async with d.acquire(creator):
+            pass
+        await creator.entered.wait()
+        (task,) = d._state.tasks
+        task.cancel()
+        await wait_until(lambda: not d._state.tasks, "the cancelled task")
+        assert not lock_of(d).locked()
+
+    run(main)
+
+
+# -- early refresh -------------------------------------------------------------------------
+
+
+def test_early_refresh_recreates_a_fresh_value_when_due(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, early_refresh=1.0)
+        creator = Creator(lambda n: f"v{n}")
+        async with d.acquire(creator) as value:
+            assert value == "v1"
+        # A creation that took far longer than the expiry: XFetch is certain
+        # to refresh now.
+        d._state.delta = 1e9
+        async with d.acquire(creator) as value:
+            assert value == "v2"
+        assert d.stats()["early"] == 1
+        d._state.delta = 0.0  # never due
+        async with d.acquire(creator) as value:
+            assert value == "v2"
+        assert d.stats()["fresh"] == 1
+
+    run(main)
+
+
+# -- stats ---------------------------------------------------------------------------------
+
+
+def test_stats_after_a_scripted_sequence(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60, wait_timeout=0.02)
+        assert d.stats() == dict.fromkeys(
+            ("fresh", "stale", "created", "waited", "failed", "early", "timeouts"), 0
+        )
+        # 1 creation with 3 waiters.
+        creator = Creator("a", gate=True)
+        creator.arm()
+
+        async def read(c):
+            async with d.acquire(c) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read(creator)) for _ in range(4)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        await asyncio.gather(*tasks)
+        # 5 fresh hits.
+        for _ in range(5):
+            await read(creator)
+        # Expired: 1 creation, 2 stale reads during it.
+        d.createdtime = time.time() - 3600
+        slow = Creator("b", gate=True)
+        slow.arm()
+        first = asyncio.ensure_future(read(slow))
+        await slow.entered.wait()
+        await read(slow)
+        await read(slow)
+        slow.gate.set()
+        await first
+        # A failure, then a timeout.
+        d.createdtime = -1
+        with pytest.raises(KeyError):
+            await read(Creator(error=KeyError("x"), coroutine=False))
+        hung = Creator("c", gate=True)
+        hung.arm()
+        pending = asyncio.ensure_future(read(hung))
+        await hung.entered.wait()
+        with pytest.raises(LockTimeout):
+            await read(hung)
+        hung.gate.set()
+        await pending
+        assert d.stats() == {
+            "fresh": 5,
+            "stale": 2,
+            "created": 4,
+            "waited": 4,
+            "failed": 1,
+            "early": 0,
+            "timeouts": 1,
+        }
+
+    run(main)
+
+
+# -- attributes and bad input --------------------------------------------------------------
+
+
+def test_attributes(AsyncDogpile):
+    d = AsyncDogpile(30)
+    assert d.createdtime == -1 and not d.has_value and d.is_expired
+    assert d.expiretime == 30.0
+    d.createdtime = time.time()
+    assert d.has_value and not d.is_expired
+    d.expiretime = None
+    assert d.expiretime is None
+    d.createdtime = 1.0
+    assert not d.is_expired  # never expires
+    assert AsyncDogpile(None).expiretime is None
+    before = time.time()
+    assert AsyncDogpile(5, init=True).createdtime >= before
+    assert "AsyncDogpile" in repr(d) and "expiretime=None" in repr(d)
+
+
+def test_bad_input_gets_the_messages_of_dogpile(AsyncDogpile, impl):
+    for args, kw in [(("x",), {}), ((-1,), {}), ((math.nan,), {}), ((1,), {"wait_timeout": -1})]:
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            impl.Dogpile(*args, **kw)
+        with pytest.raises(type(theirs.value)) as ours:
+            AsyncDogpile(*args, **kw)
+        assert str(ours.value) == str(theirs.value)
+    d, sync = AsyncDogpile(1), impl.Dogpile(1)
+    for args in [("not callable",), (len, "x"), (len, None, 3), (len, len, len)]:
+        with pytest.raises(TypeError) as theirs:
+            sync.acquire(*args)
+        with pytest.raises(TypeError) as ours:
+            d.acquire(*args)
+        assert str(ours.value) == str(theirs.value)
+    for bad in ["x", math.nan]:
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            sync.createdtime = bad
+        with pytest.raises(type(theirs.value)) as ours:
+            d.createdtime = bad
+        assert str(ours.value) == str(theirs.value)
+    with pytest.raises(ValueError):
+        d.expiretime = -5
+
+
+def test_bad_locks_and_options(AsyncDogpile):
+    with pytest.raises(TypeError, match=r"lock must have acquire\(\) \(a coroutine\), release"):
+        AsyncDogpile(1, lock=object())
+    with pytest.raises(TypeError, match="has no locked"):
+
+        class NoLocked:
+            async def acquire(self):
+                return True
+
+            def release(self):
+                pass
+
+        AsyncDogpile(1, lock=NoLocked())
+    for sync in [threading.Lock(), threading.RLock(), threading.Semaphore()]:
+        with pytest.raises(TypeError, match="is a threading lock"):
+            AsyncDogpile(1, lock=sync)
+    with pytest.raises(TypeError, match="background must be True or False"):
+        AsyncDogpile(1, background=object())
+    with pytest.raises(ValueError, match="early_refresh"):
+        AsyncDogpile(1, early_refresh=-1)
+
+
+def test_a_lock_whose_acquire_is_not_a_coroutine_is_refused_and_left_free(AsyncDogpile):
+    class LooksAsync:
+        """Not recognisably a threading lock, but its acquire() blocks."""
+
+        def __init__(self):
+            self.inner = threading.Lock()
+
+        def acquire(self):
+            return self.inner.acquire()
+
+        def release(self):
+            self.inner.release()
+
+        def locked(self):
+            return self.inner.locked()
+
+    async def main():
+        lock = LooksAsync()
+        d = AsyncDogpile(1, lock=lock)
+        refused = r"LooksAsync.acquire\(\) returned 'bool', not an awaitable"
+        with pytest.raises(TypeError, match=refused):
+            async with d.acquire(lambda: 1):
+                pass
+        assert not lock.locked()
+
+    run(main)
+
+
+def test_a_used_async_dogpile_dies_with_its_last_reference(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        for _ in range(3):
+            async with d.acquire(lambda: 1):
+                pass
+        return weakref.ref(d)
+
+    gc.disable()
+    try:
+        ref = run(main)
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_the_fresh_hit_logs_nothing_and_the_slow_paths_log_at_debug(AsyncDogpile, caplog):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator("v", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(2)]
+        await creator.entered.wait()
+        creator.gate.set()
+        await asyncio.gather(*tasks)
+        caplog.clear()
+        for _ in range(10):
+            await read()
+
+    with caplog.at_level(logging.DEBUG, logger="dogpile"):
+        run(main)
+    assert caplog.records == []
+
+
+def test_the_slow_paths_log_at_debug(AsyncDogpile, caplog):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator("v", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(2)]
+        await creator.entered.wait()
+        creator.gate.set()
+        await asyncio.gather(*tasks)
+
+    with caplog.at_level(logging.DEBUG, logger="dogpile"):
+        run(main)
+    messages = [r.getMessage() for r in caplog.records if r.name == "dogpile"]
+    assert any("calling the creator" in m for m in messages)
+    assert any("waiting for the creator" in m for m in messages)
+
+
+# -- custom locks --------------------------------------------------------------------------
+
+
+class AsyncReleaseLock:
+    """An asyncio lock whose release() and locked() are coroutines, and
+    whose acquire() takes ``blocking`` (as AsyncRedisMutex's does)."""
+
+    def __init__(self):
+        self._lock = asyncio.Lock()
+        self.nonblocking_tries = 0
+        self.releases = 0
+
+    async def acquire(self, blocking=True):
+        if not blocking:
+            self.nonblocking_tries += 1
+            if self._lock.locked():
+                return False
+        await self._lock.acquire()
+        return True
+
+    async def release(self):
+        await asyncio.sleep(0)
+        self.releases += 1
+        self._lock.release()
+
+    async def locked(self):
+        return self._lock.locked()
+
+
+def test_a_custom_lock_with_coroutine_release(AsyncDogpile):
+    async def main():
+        lock = AsyncReleaseLock()
+        d = AsyncDogpile(60, lock=lock)
+        creator = Creator("v", gate=True)
+        creator.arm()
+
+        async def read():
+            async with d.acquire(creator) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read()) for _ in range(10)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        assert await asyncio.gather(*tasks) == ["v"] * 10
+        assert not await lock.locked()
+        assert lock.releases == 10  # the creator's, then each waiter's
+        d.createdtime = time.time() - 3600
+        slow = Creator("new", gate=True)
+        slow.arm()
+        first = asyncio.ensure_future(_read(d, slow))
+        await slow.entered.wait()
+        assert await _read(d, slow) == "v"
+        assert lock.nonblocking_tries >= 2
+        slow.gate.set()
+        assert await first == "new"
+
+    run(main)
+
+
+async def _read(d, creator):
+    async with d.acquire(creator) as value:
+        return value
+
+
+def test_a_shared_asyncio_lock_and_semaphore(AsyncDogpile):
+    async def main():
+        for lock in (asyncio.Lock(), asyncio.Semaphore(1)):
+            d = AsyncDogpile(60, lock=lock)
+            assert await _read(d, Creator("v")) == "v"
+            d.createdtime = time.time() - 3600
+            slow = Creator("new", gate=True)
+            slow.arm()
+            first = asyncio.ensure_future(_read(d, slow))
+            await slow.entered.wait()
+            assert await _read(d, slow) == "v"
+            slow.gate.set()
+            assert await first == "new"
+            assert not lock.locked()
+
+    run(main)
+
+
+# -- AsyncLock -----------------------------------------------------------------------------
+
+
+def _store(initial=None):
+    store = {} if initial is None else {"k": initial}
+
+    def value_and_created():
+        if "k" not in store:
+            raise NeedRegenerationException()
+        return store["k"]
+
+    return store, value_and_created
+
+
+def test_async_lock_fresh_missing_and_expired(AsyncLock):
+    async def main():
+        mutex = asyncio.Lock()
+        store, stored = _store()
+        calls = []
+
+        async def creator():
+            calls.append(1)
+            store["k"] = (f"v{len(calls)}", time.time())
+            return store["k"]
+
+        async with AsyncLock(mutex, creator, stored, 60) as value:
+            assert value == "v1"
+        async with AsyncLock(mutex, creator, stored, 60) as value:
+            assert value == "v1"
+        store["k"] = ("old", time.time() - 3600)
+        async with AsyncLock(mutex, creator, stored, 60) as value:
+            assert value == "v2"
+        assert len(calls) == 2 and not mutex.locked()
+        assert AsyncLock(mutex, creator, stored, None).expiretime is None
+
+    run(main)
+
+
+def test_async_lock_a_thousand_tasks_on_a_missing_value_one_creation(AsyncLock):
+    async def main():
+        mutex = asyncio.Lock()
+        store, stored = _store()
+        creator = Creator(gate=True)
+        creator.arm()
+
+        async def create():
+            await creator()
+            store["k"] = ("made", time.time())
+            return store["k"]
+
+        async def stored_async():
+            return stored()
+
+        async def read(i):
+            fn = stored if i % 2 else stored_async
+            async with AsyncLock(mutex, create, fn, 60) as value:
+                return value
+
+        tasks = [asyncio.ensure_future(read(i)) for i in range(1000)]
+        await creator.entered.wait()
+        await asyncio.sleep(0)
+        creator.gate.set()
+        assert await asyncio.gather(*tasks) == ["made"] * 1000
+        assert creator.calls == 1 and not mutex.locked()
+
+    run(main)
+
+
+def test_async_lock_stale_while_another_task_creates(AsyncLock):
+    async def main():
+        mutex = asyncio.Lock()
+        store, stored = _store(("old", time.time() - 3600))
+        creator = Creator(gate=True)
+        creator.arm()
+
+        async def create():
+            await creator()
+            store["k"] = ("new", time.time())
+            return store["k"]
+
+        async def read():
+            async with AsyncLock(mutex, create, stored, 60) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        assert [await read() for _ in range(10)] == ["old"] * 10
+        creator.gate.set()
+        assert await first == "new"
+        assert creator.calls == 1
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", ["plain", "coroutine"])
+def test_async_lock_async_creator_gets_the_mutex_and_releases_it(AsyncLock, kind):
+    async def main():
+        mutex = asyncio.Lock()
+        store, stored = _store(("old", time.time() - 3600))
+        done = asyncio.Event()
+        handed = []
+
+        async def regenerate(m):
+            try:
+                store["k"] = ("new", time.time())
+            finally:
+                m.release()
+                done.set()
+
+        def plain_async_creator(m):
+            handed.append(m)
+            asyncio.ensure_future(regenerate(m))
+
+        async def coroutine_async_creator(m):
+            handed.append(m)
+            asyncio.ensure_future(regenerate(m))
+
+        async_creator = plain_async_creator if kind == "plain" else coroutine_async_creator
+        async with AsyncLock(mutex, Creator(), stored, 60, async_creator) as value:
+            assert value == "old"
+        assert handed == [mutex]
+        await done.wait()
+        assert not mutex.locked()
+        async with AsyncLock(mutex, Creator(), stored, 60, async_creator) as value:
+            assert value == "new"
+
+    run(main)
+
+
+def test_async_lock_bad_input(AsyncLock, impl):
+    async def main():
+        _, stored = _store()
+        with pytest.raises(TypeError, match="creator must be callable"):
+            async with AsyncLock(asyncio.Lock(), "nope", stored, 60):
+                pass
+        with pytest.raises(TypeError, match="value_and_created_fn must be callable"):
+            async with AsyncLock(asyncio.Lock(), len, None, 60):
+                pass
+        with pytest.raises(TypeError, match=r"mutex must have acquire\(\)"):
+            async with AsyncLock(object(), lambda: ("v", time.time()), stored, 60):
+                pass
+        sync = threading.Lock()
+        with pytest.raises(TypeError, match="not an awaitable"):
+            async with AsyncLock(sync, lambda: ("v", time.time()), stored, 60):
+                pass
+        assert not sync.locked()
+        mutex = asyncio.Lock()
+        with pytest.raises(TypeError, match=r"creator must return a \(value, createdtime\)"):
+            async with AsyncLock(mutex, lambda: "v", stored, 60):
+                pass
+        assert not mutex.locked()
+
+    run(main)
+    for bad in ["x", -1, math.nan]:
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            impl.Lock(None, len, len, bad)
+        with pytest.raises(type(theirs.value)) as ours:
+            AsyncLock(None, len, len, bad)
+        assert str(ours.value) == str(theirs.value)
+
+
+def test_async_lock_creator_cancelled_releases_the_mutex(AsyncLock):
+    async def main():
+        mutex = asyncio.Lock()
+        store, stored = _store()
+        creator = Creator(gate=True)
+        creator.arm()
+
+        async def create():
+            await creator()
+            store["k"] = ("made", time.time())
+            return store["k"]
+
+        async def read():
+            async with AsyncLock(mutex, create, stored, 60) as value:
+                return value
+
+        first = asyncio.ensure_future(read())
+        await creator.entered.wait()
+        waiter = asyncio.ensure_future(read())
+        await asyncio.sleep(0)
+        creator.entered.clear()
+        first.cancel()
+        await creator.entered.wait()
+        creator.gate.set()
+        assert await waiter == "made"
+        assert creator.calls == 2 and not mutex.locked()
+
+    run(main)

@@ -75,11 +75,16 @@ class optional_build_ext(build_ext):
             raise RuntimeError(f"Cython is not installed ({exc})") from exc
         # The directives sit on the first line of _core.pyx; language_level
         # is repeated here so that no Cython version warns about it.
-        self.extensions[:] = cythonize(
+        generated = cythonize(
             self.extensions,
             compiler_directives={"language_level": "3"},
             quiet=True,
         )
+        # Keep the Extension objects that finalize_options() prepared (they
+        # carry setuptools' private attributes); take only the .c sources.
+        sources = {ext.name: ext.sources for ext in generated}
+        for ext in self.extensions:
+            ext.sources = sources[ext.name]
 
     def _give_up(self, exc):
         if REQUIRE_EXTENSIONS:

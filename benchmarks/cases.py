@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable, Dict, Iterator
 
+from harness import CallCounter, HeldCreation
+
 # Ours here; dogpile.cache's in peer.py's environment, whose top-level
 # ``dogpile`` package exports it too.  Either way it is the exception the
 # ``Lock`` of that process recognises.
 from dogpile import NeedRegenerationException
-
-from harness import CallCounter, HeldCreation
 
 # Far from expiry: a fresh hit takes the library's fastest clock path,
 # which is the one a cache lives on.

@@ -74,7 +74,7 @@ def run(
         name: {
             n: {
                 "ops_per_s": statistics.median(s),
-                "ratio_to_%d" % base: statistics.median(
+                f"ratio_to_{base}": statistics.median(
                     x / one for x, one in zip(s, per_count[base])
                 ),
                 "rounds": len(s),

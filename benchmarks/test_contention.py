@@ -2,9 +2,8 @@
 hits shared by N threads, so a lower time is a higher aggregate throughput
 and the rounds of one implementation compare directly across N."""
 
-import pytest
-
 import contention
+import pytest
 
 TOTAL_OPS = 200_000
 

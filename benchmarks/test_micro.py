@@ -5,10 +5,9 @@ pytest-benchmark calls a function per iteration, so every time here
 includes one Python call (tens of nanoseconds) that compare.py's inlined
 loops do not; the reference pays it too, so compare within a group."""
 
-import pytest
-
 import cases
 import harness
+import pytest
 
 
 # In the fresh-hit group: the target compares those two.

@@ -13,8 +13,6 @@ import threading
 
 import pytest
 
-import dogpile
-
 # Every wait in the suite has this deadline: a broken lock fails a test
 # instead of hanging the run.
 DEADLINE = 10.0

@@ -8,6 +8,7 @@ seen in well under a second; waits for the server's clock poll with a
 deadline instead of sleeping.
 """
 
+import asyncio
 import gc
 import os
 import subprocess
@@ -299,7 +300,12 @@ def test_a_client_that_is_not_a_redis_client_is_a_type_error(client):
 def test_an_asyncio_client_is_a_type_error():
     import redis.asyncio
 
-    client = redis.asyncio.Redis()
+    async def make():
+        return redis.asyncio.Redis()
+
+    # Made in a running loop: on 3.9, asyncio.Lock() outside one needs an
+    # event loop set, and an earlier asyncio.run() left none.
+    client = asyncio.run(make())
     with pytest.raises(TypeError, match="synchronous"):
         RedisMutex(client, "k")
 

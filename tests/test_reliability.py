@@ -101,7 +101,8 @@ def test_ctrl_c_interrupts_a_caller_waiting_for_the_first_value(impl):
         # The interrupted waiter left nothing held: a later caller gets the value.
         with d.acquire(lambda: "unexpected") as value:
             pass
-        print(json.dumps({"outcome": outcome, "latency": latency if outcome == "interrupted" else None,
+        print(json.dumps({"outcome": outcome,
+                          "latency": latency if outcome == "interrupted" else None,
                           "value": value, "creator_alive": creator_thread.is_alive()}))
         """,
     )
@@ -161,8 +162,8 @@ def test_forked_child_creates_instead_of_waiting_for_a_parent_thread(impl):
         t.join(10)
         with d.acquire(lambda: "unexpected") as value:
             pass
-        print(json.dumps({"child": status if status == "hung" else os.waitstatus_to_exitcode(status),
-                          "parent_value": value}))
+        child = status if status == "hung" else os.waitstatus_to_exitcode(status)
+        print(json.dumps({"child": child, "parent_value": value}))
         """,
     )
     assert result["child"] == 0, result

@@ -37,7 +37,8 @@ Default run: three fixed seeds, half a second each, per implementation.
 Long run: ``DOGPILE_STRESS_SECONDS`` sets the time per implementation,
 spent on consecutive seeds from a random one, five seconds each::
 
-    DOGPILE_STRESS_SECONDS=60 PYTHONPATH=src python -m pytest tests/test_stress.py -p no:cacheprovider -q
+    DOGPILE_STRESS_SECONDS=60 PYTHONPATH=src \\
+        python -m pytest tests/test_stress.py -p no:cacheprovider -q
 
 A failure prints its seed and the variables that rerun it, e.g.
 ``DOGPILE_STRESS_SEED=1234`` (with ``DOGPILE_STRESS_SECONDS=5`` for a seed

@@ -629,9 +629,10 @@ class Lock:
         # Made for every use (``with Lock(...)``): the functions are
         # checked when they are first needed, before anything is locked.
         kind = expiretime.__class__
-        if (kind is float or kind is int) and expiretime >= 0:  # false for nan
-            # an int is kept as it is: it compares with a float age the same
-            self._expiretime = expiretime
+        # An int is kept as it is: it compares with a float age the same.
+        # (False for nan, which _seconds then rejects.)
+        if (kind is float or kind is int) and expiretime >= 0:  # type: ignore[operator]
+            self._expiretime: float = expiretime  # type: ignore[assignment]
         else:
             self._expiretime = _seconds(expiretime)
         self.mutex = mutex
@@ -732,7 +733,7 @@ class NameRegistry:
     def __init__(self, creator: Callable[..., Any]) -> None:
         check_callable("creator", creator)
         self.creator = creator
-        self._values: "dict[Any, weakref.ref[Any]]" = {}
+        self._values: dict[Any, weakref.ref[Any]] = {}
         # Reentrant: a creator may look up another identifier.
         self._mutex = threading.RLock()
 
@@ -769,7 +770,7 @@ class NameRegistry:
 
 
 try:
-    from _weakref import _remove_dead_weakref
+    from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]  # not in typeshed
 except ImportError:  # pragma: no cover - every CPython 3.9+ has it
 
     def _remove_dead_weakref(d: Any, key: Any) -> None:

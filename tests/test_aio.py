@@ -1495,6 +1495,12 @@ def key(redis_client):
     redis_server.delete_keys(redis_client, name)
 
 
+async def aclose(client):
+    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1)."""
+    close = getattr(client, "aclose", None) or client.close
+    await close()
+
+
 def run_with_client(url, body, *args):
     """Run ``body(client, *args)`` with a redis.asyncio client of ``url``."""
     import redis.asyncio
@@ -1504,7 +1510,7 @@ def run_with_client(url, body, *args):
         try:
             return await body(client, *args)
         finally:
-            await client.aclose()
+            await aclose(client)
 
     return run(main)
 
@@ -1654,7 +1660,7 @@ def test_async_redis_mutex_unreachable_server_is_named(key):
                 await mutex.acquire()
             assert not mutex._local.locked(), "the local queue was left free"
         finally:
-            await client.aclose()
+            await aclose(client)
 
     pytest.importorskip("redis")
     run(main)
@@ -1730,7 +1736,7 @@ async def main():
         values = await asyncio.gather(*[read() for _ in range(tasks)])
         print(json.dumps({"values": sorted(set(values)), "stats": d.stats()}))
     finally:
-        await client.aclose()
+        await (getattr(client, "aclose", None) or client.close)()
 
 asyncio.run(asyncio.wait_for(main(), 30))
 """

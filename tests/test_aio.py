@@ -1483,8 +1483,6 @@ def test_dogpile_mutexes_exports_async_redis_mutex():
     import dogpile._aio_redis
     import dogpile.mutexes
 
-    if not hasattr(dogpile.mutexes, "AsyncRedisMutex"):
-        pytest.skip("dogpile.mutexes does not re-export AsyncRedisMutex yet")
     assert dogpile.mutexes.AsyncRedisMutex is dogpile._aio_redis.AsyncRedisMutex
 
 

@@ -101,6 +101,28 @@ def test_dogpile_calls_the_backend_about_once_per_expiry(tmp_path, pure):
     assert unprotected[3] == 0
 
 
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
+def test_asyncio_tasks_call_the_backend_about_once_per_expiry(tmp_path, pure):
+    """--asyncio: the same load with 100 tasks of one event loop through
+    dogpile.aio.AsyncDogpile; a stampede unprotected, one call per expiry
+    protected."""
+    result = run_demo(tmp_path, *SMALL, "--threads", "100", "--asyncio",
+                      *(["--pure"] if pure else []))
+    assert result.returncode == 0, result.stderr
+    assert "100 asyncio tasks" in result.stdout.splitlines()[0]
+    rows = table_rows(result.stdout)
+    assert set(rows) == {"unprotected", "dogpile"}, result.stdout
+    assert rows["dogpile"][1] >= 1
+    assert rows["dogpile"][2] <= 1.5
+    assert rows["unprotected"][2] > 10 * rows["dogpile"][2]
+
+
+def test_asyncio_does_not_combine_with_redis(tmp_path):
+    result = run_demo(tmp_path, "--asyncio", "--redis", "redis://127.0.0.1:1/0")
+    assert result.returncode == 2
+    assert "--asyncio" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_default_run(tmp_path):
     result = run_demo(tmp_path)
     assert result.returncode == 0, result.stderr

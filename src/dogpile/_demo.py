@@ -70,6 +70,7 @@ class Config:
     pure: bool = False
     redis: Optional[str] = None  # URL: run across processes, sharing through Redis
     processes: int = 1  # with redis: reader processes, each of ``threads`` threads
+    asyncio: bool = False  # readers are tasks of one event loop (AsyncDogpile)
 
 
 @dataclass(frozen=True)
@@ -576,7 +577,9 @@ def header(config: Config, implementation: str, server: str = "") -> str:
     python = f"{platform.python_implementation()} {platform.python_version()}"
     if sysconfig.get_config_var("Py_GIL_DISABLED"):
         python += " free-threaded"
-    if config.redis is None:
+    if config.asyncio:
+        readers = f"{config.threads} asyncio tasks"
+    elif config.redis is None:
         readers = f"{config.threads} threads"
     else:
         readers = f"{config.processes} processes of {config.threads} threads"
@@ -700,6 +703,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads threads (default: %(default)s)",
     )
     parser.add_argument(
+        "--asyncio", action="store_true",
+        help="run the readers as tasks of one asyncio event loop, through "
+        "dogpile.aio.AsyncDogpile (--threads then counts tasks; not with --redis)",
+    )
+    parser.add_argument(
         "--pure", action="store_true",
         help="use the pure-Python implementation even when the compiled core is installed "
         "(default: the one `import dogpile` picks)",
@@ -732,6 +740,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
         if args.processes != 1 and args.redis is None:
             parser.error("--processes needs --redis: processes share the value through Redis")
+        if args.asyncio and args.redis is not None:
+            parser.error("--asyncio runs one process: it does not combine with --redis")
     except SystemExit as exc:  # --help (0) or a bad option (2), already printed
         return exc.code if isinstance(exc.code, int) else 2
     config = Config(
@@ -742,6 +752,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pure=args.pure,
         redis=args.redis,
         processes=args.processes,
+        asyncio=args.asyncio,
     )
     dogpile_class, implementation = dogpile_class_for(config.pure)
     server = ""
@@ -755,7 +766,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prefix = f"dogpile-demo:{uuid.uuid4().hex}:"
     try:
         print(header(config, implementation, server), flush=True)
-        if config.redis is None:
+        if config.asyncio:
+            from ._demo_aio import run_asyncio
+
+            results = run_asyncio(config)
+        elif config.redis is None:
             results = [run_unprotected(config), run_dogpile(config, dogpile_class)]
         else:
             try:

@@ -8,6 +8,8 @@ that runs many processes needs the creation lock shared between them too.
   lock on a file (``flock`` on POSIX, ``msvcrt.locking`` on Windows).
 - ``RedisMutex(client, name)``: processes on any number of hosts, through a
   Redis key with a lease.
+- ``AsyncRedisMutex(client, name, lease=30.0, auto_renew=True)``: RedisMutex
+  for asyncio (``redis.asyncio``), for ``dogpile.aio``.
 
 Both have the interface of ``threading.Lock``: ``acquire(blocking=True,
 timeout=-1) -> bool``, ``release()``, ``locked()`` and ``with``.  Both may be
@@ -29,11 +31,11 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, List, Optional, Tuple, Type, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Type, Union
 
 from ._errors import LockError
 
-__all__ = ["FileMutex", "RedisMutex", "LeaseLost"]
+__all__ = ["FileMutex", "RedisMutex", "AsyncRedisMutex", "LeaseLost"]
 
 
 class LeaseLost(LockError):
@@ -692,3 +694,19 @@ class RedisMutex(_MutexBase):
             f"lease={self._lease:g} auto_renew={self._auto_renew} {state} here>"
         )
 
+
+# -- AsyncRedisMutex ------------------------------------------------------------
+# The same key protocol over redis.asyncio, in _aio_redis (which imports the
+# scripts above); loaded on first use, so that the threading mutexes do not
+# import asyncio (and so that the two modules can import each other in
+# either order).
+if TYPE_CHECKING:
+    from ._aio_redis import AsyncRedisMutex as AsyncRedisMutex
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AsyncRedisMutex":
+        from ._aio_redis import AsyncRedisMutex
+
+        return AsyncRedisMutex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -204,6 +204,9 @@ asyncio: timed inside one event loop, against an uncontended `async with
 # -- the table --------------------------------------------------------------------------
 
 
+EARLY = ", early_refresh=1"  # the key suffix of the early-refresh stampede
+
+
 @dataclass
 class Row:
     case: str
@@ -287,6 +290,9 @@ def build_rows(
             )
 
     single("acquire", "bare lock", lambda impl: bare, at_most(0.8))
+    # Issue 8: the options cost a fresh hit nothing measurable.
+    single("acquire_options", "plain Dogpile", lambda impl: t[f"{impl}:acquire"], at_most(1.1))
+    single("acquire_early", "plain Dogpile", lambda impl: t[f"{impl}:acquire"])
     for name in ("acquire_value_fn", "acquire_value_and_created_fn", "sync_reader"):
         single(name, "bare lock", lambda impl: bare)
     if peer:
@@ -321,6 +327,8 @@ def build_rows(
             )
 
     for impl, h in herd.items():
+        if impl.endswith(EARLY):
+            continue
         exact = h["expiries"] > 0 and h["extra_creations"] == 0 and h["calls_per_expiry_min"] == 1
         rows.append(
             Row(
@@ -351,6 +359,32 @@ def build_rows(
                 at_most(20) if is_c else None,
             )
         row(f"stampede fresh-hit max [{impl}]", h["fresh_max_ns"], "fresh median", fresh)
+
+    # Issue 8: the same stampede with early_refresh=1.0, against the plain
+    # run: reads that found the value expired, and what it costs in creator
+    # calls.
+    for impl, e in herd.items():
+        if not impl.endswith(EARLY):
+            continue
+        base = herd[impl[: -len(EARLY)]]
+        count = lambda n: f"{n} reads"  # noqa: E731
+        calls = lambda n: f"{n} calls"  # noqa: E731
+        rows.append(
+            Row(
+                f"stampede expired reads [{impl}]",
+                count(e["expired_reads"]),
+                f"{count(base['expired_reads'])} without",
+                e["expired_reads"] / max(1, base["expired_reads"]),
+            )
+        )
+        rows.append(
+            Row(
+                f"stampede creator calls [{impl}]",
+                calls(e["creator_calls"]),
+                f"{calls(base['creator_calls'])} without",
+                e["creator_calls"] / max(1, base["creator_calls"]),
+            )
+        )
 
     def size(value: float) -> str:
         return f"{value:.0f} B"
@@ -426,6 +460,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for impl, mod in IMPLEMENTATIONS.items():
         log(f"stampede [{impl}]")
         herd[impl] = stampede.run(mod, settings.stampede_seconds)
+    log("stampede [cython] with early_refresh=1.0")
+    herd["cython" + EARLY] = stampede.run(
+        IMPLEMENTATIONS["cython"], settings.stampede_seconds, early_refresh=1.0
+    )
     log("memory")
     mem = {impl: memory.run(mod, settings.keys) for impl, mod in IMPLEMENTATIONS.items()}
     log("asyncio")

@@ -45,8 +45,11 @@ THINK = 0.001  # seconds a reader pauses between reads
 CLOCK_SLACK_NS = 1_000_000
 
 
-def run(mod: ModuleType, duration: float, threads: int = THREADS) -> Dict[str, Any]:
-    d = mod.Dogpile(EXPIRE)
+def run(
+    mod: ModuleType, duration: float, threads: int = THREADS, **options: Any
+) -> Dict[str, Any]:
+    """``options`` go to the Dogpile (early_refresh=1.0, say)."""
+    d = mod.Dogpile(EXPIRE, **options)
     abort = threading.Event()  # set when a reader fails: the others stop too
     generations = itertools.count()
     creations: List[Tuple[int, int]] = []  # (start, end), perf_counter_ns
@@ -130,6 +133,11 @@ def run(mod: ModuleType, duration: float, threads: int = THREADS) -> Dict[str, A
         "fresh_max_ns": fresh[-1],
         "creating_median_ns": harness.percentile(sorted(creating_ns), 50) if creating_ns else 0,
         "regen_reads": len(regen),
+        "stats": d.stats(),
+        # Reads that found the value expired: the stale ones served while
+        # another reader created, and the creations an expired value caused
+        # (not the first value, not early refreshes of a fresh one).
+        "expired_reads": d.stats()["stale"] + d.stats()["created"] - 1 - d.stats()["early"],
     }
     if regen:
         result.update(

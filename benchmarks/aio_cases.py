@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import itertools
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from cases import FRESH_SECONDS, LONG_AGO, Case  # noqa: E402
-from harness import DEADLINE, CallCounter, percentile  # noqa: E402
+from harness import DEADLINE, CallCounter, compile_loop, percentile  # noqa: E402
 
 from dogpile import aio  # noqa: E402
 
@@ -49,31 +48,12 @@ BACKEND = 0.05  # seconds per creator call in the stampede
 
 # -- timing inside a loop ------------------------------------------------------------
 
-_LOOP_TEMPLATE = """\
-async def _loop(_n, _ns=_ns, _timer=_timer, _repeat=_repeat):
-{bind}
-    _t0 = _timer()
-    for _ in _repeat(None, _n):
-{body}
-    return _timer() - _t0
-"""
-
-
 def compile_async_loop(
     stmt: str, namespace: Mapping[str, Any]
 ) -> Callable[[int], Awaitable[float]]:
     """harness.compile_loop for statements with ``async with`` and
     ``await``: ``await loop(n)`` runs ``stmt`` n times, returns seconds."""
-    bind = "".join(f"    {name} = _ns[{name!r}]\n" for name in namespace if name.isidentifier())
-    body = "".join(f"        {line}\n" for line in stmt.splitlines())
-    code = _LOOP_TEMPLATE.format(bind=bind or "    pass\n", body=body)
-    scope: Dict[str, Any] = {
-        "_ns": dict(namespace),
-        "_timer": time.perf_counter,
-        "_repeat": itertools.repeat,
-    }
-    exec(compile(code, f"<async loop: {stmt.splitlines()[0]}>", "exec"), scope)
-    return scope["_loop"]  # type: ignore[no-any-return]
+    return compile_loop(stmt, namespace, kind="async ")  # type: ignore[no-any-return]
 
 
 async def calibrate(loop: Callable[[int], Awaitable[float]], chunk_seconds: float) -> int:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 DEADLINE = 30.0
 
 _LOOP_TEMPLATE = """\
-def _loop(_n, _ns=_ns, _timer=_timer, _repeat=_repeat):
+{kind}def _loop(_n, _ns=_ns, _timer=_timer, _repeat=_repeat):
 {bind}
     _t0 = _timer()
     for _ in _repeat(None, _n):
@@ -39,22 +39,24 @@ def _loop(_n, _ns=_ns, _timer=_timer, _repeat=_repeat):
 """
 
 
-def compile_loop(stmt: str, namespace: Mapping[str, Any]) -> Callable[[int], float]:
-    """Return ``loop(n)``: run ``stmt`` n times, return the seconds taken.
+def compile_loop(stmt: str, namespace: Mapping[str, Any], kind: str = "") -> Any:
+    """Return ``loop(n)``: run ``stmt`` n times, return the seconds taken
+    (with ``kind="async "``, a coroutine function, for statements with
+    ``async with`` and ``await``).
 
     Every name of ``namespace`` is a fast local of the loop, as ``timeit``
     binds its setup names, so what is timed is the statement and not
     global lookups."""
     bind = "".join(f"    {name} = _ns[{name!r}]\n" for name in namespace if name.isidentifier())
     body = "".join(f"        {line}\n" for line in stmt.splitlines())
-    code = _LOOP_TEMPLATE.format(bind=bind or "    pass\n", body=body)
+    code = _LOOP_TEMPLATE.format(kind=kind, bind=bind or "    pass\n", body=body)
     scope: Dict[str, Any] = {
         "_ns": dict(namespace),
         "_timer": time.perf_counter,
         "_repeat": itertools.repeat,
     }
-    exec(compile(code, f"<loop: {stmt.splitlines()[0]}>", "exec"), scope)
-    return scope["_loop"]  # type: ignore[no-any-return]
+    exec(compile(code, f"<{kind}loop: {stmt.splitlines()[0]}>", "exec"), scope)
+    return scope["_loop"]
 
 
 def compile_call(stmt: str, namespace: Mapping[str, Any]) -> Callable[[], None]:

@@ -424,3 +424,64 @@ def test_waiting_is_logged(impl, caplog):
         t.join(DEADLINE)
         helper.join(DEADLINE)
     assert any("waiting for the creator" in r.getMessage() for r in caplog.records)
+
+
+# -- found in review: nothing may leave the lock held -------------------------
+
+
+def test_a_background_job_that_never_runs_releases_the_lock(impl):
+    """Guards against a value that is never refreshed again: the job was
+    queued behind a busy worker and cancelled at shutdown, so only its
+    future's done callback can give the creation lock back."""
+    pool = ThreadPoolExecutor(1)
+    busy, release = threading.Event(), threading.Event()
+    pool.submit(lambda: (busy.set(), release.wait(DEADLINE)))
+    assert busy.wait(DEADLINE)
+    d = impl.Dogpile(3600, background=pool)
+    with d.acquire(lambda: "old"):
+        pass
+    d.createdtime = time.time() - 7200
+    with d.acquire(lambda: pytest.fail("the queued job must not run")) as value:
+        assert value == "old"
+    pool.shutdown(wait=False, cancel_futures=True)
+    release.set()
+    with d.acquire(lambda: "new") as value:  # inline now: the pool is shut down
+        assert value == "new"
+
+
+def test_a_failing_log_handler_does_not_leave_the_lock_held(impl):
+    """Guards against an exception between taking the lock and the try
+    that releases it (here from a logging filter on the early-refresh
+    path)."""
+
+    class Explode(logging.Filter):
+        def filter(self, record):
+            raise RuntimeError("broken filter")
+
+    logger = logging.getLogger("dogpile")
+    d = impl.Dogpile(60, early_refresh=1e6)
+    # A creation that takes 10 ms: with that beta, any read refreshes early.
+    with d.acquire(lambda: time.sleep(0.01) or "v1"):
+        pass
+    explode = Explode()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addFilter(explode)
+    try:
+        with pytest.raises(RuntimeError, match="broken filter"):
+            with d.acquire(lambda: "v2"):
+                pass
+    finally:
+        logger.removeFilter(explode)
+        logger.setLevel(old_level)
+    d.createdtime = time.time() - 7200
+    with d.acquire(lambda: "v3") as value:
+        assert value == "v3"
+
+
+def test_an_infinite_wait_timeout_means_no_timeout(impl):
+    d = impl.Dogpile(10, wait_timeout=float("inf"))
+    with d.acquire(lambda: "v") as value:
+        assert value == "v"
+    with pytest.raises(ValueError, match="wait_timeout"):
+        impl.Dogpile(10, wait_timeout=threading.TIMEOUT_MAX * 2)

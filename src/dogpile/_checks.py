@@ -4,6 +4,7 @@ fresh-hit path: the compiled core calls in here only to build an error."""
 
 import inspect
 import math
+import threading
 from typing import Any, Tuple
 
 INFINITY = math.inf
@@ -106,10 +107,19 @@ def _positive_seconds(name: str, value: Any, allow_zero: bool) -> float:
 
 
 def wait_timeout_seconds(wait_timeout: Any) -> "float | None":
-    """Validate ``wait_timeout``: None (wait as long as it takes) or >= 0."""
+    """Validate ``wait_timeout``: None or infinity (wait as long as it
+    takes), or seconds >= 0 that a lock's acquire() accepts."""
     if wait_timeout is None:
         return None
-    return _positive_seconds("wait_timeout", wait_timeout, allow_zero=True)
+    seconds = _positive_seconds("wait_timeout", wait_timeout, allow_zero=True)
+    if seconds == INFINITY:
+        return None
+    if seconds > threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"wait_timeout must be at most {threading.TIMEOUT_MAX:g} seconds "
+            f"(threading.TIMEOUT_MAX) or None, got {wait_timeout!r}"
+        )
+    return seconds
 
 
 def early_refresh_beta(early_refresh: Any) -> float:

@@ -465,8 +465,6 @@ cdef object _refresh_early(Dogpile self, object creator, object value_fn,
         self._fresh += 1
         return value
     self._early += 1
-    if _log.isEnabledFor(_DEBUG):
-        _log.debug("%r: refreshing early", self)
     return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime)
 
 
@@ -486,7 +484,10 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
     cdef double createdtime
     cdef bint handed_off = False
     cdef object stale
+    cdef _Handoff handoff
     try:
+        if early and _log.isEnabledFor(_DEBUG):
+            _log.debug("%r: refreshing early", self)
         if value_and_created_fn is not None:
             try:
                 value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
@@ -509,15 +510,30 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
                 return self._value
             stale = self._value if self._createdtime > 0 else _NO_VALUE
         if stale is not _NO_VALUE and self._opts is not None and self._opts.background is not None:
+            handoff = _Handoff.__new__(_Handoff)
+            handoff.dogpile = self
+            handoff.tag = tag
+            handoff.state = _HELD
             try:
-                self._opts.background.submit(
-                    _create_in_background, self, tag, creator, value_fn, value_and_created_fn
+                future = self._opts.background.submit(
+                    _create_in_background, handoff, creator, value_fn, value_and_created_fn
                 )
             except RuntimeError:
-                # shut down: create here instead
+                # Shut down: create here instead, and make sure a job that
+                # got queued anyway never runs without the lock.
+                handoff.state = _RELEASED
                 _log.debug("%r: background executor refused the job", self)
+            except BaseException:
+                # Maybe queued before the failure: whichever of this and the
+                # job comes first releases, once.
+                handed_off = True
+                handoff.release()
+                raise
             else:
                 handed_off = True
+                add_done_callback = getattr(future, "add_done_callback", None)
+                if add_done_callback is not None:
+                    add_done_callback(handoff.release_logged)
                 if not early:
                     self._stale += 1
                 return stale
@@ -530,16 +546,18 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
 cdef object _run_creator(Dogpile self, object creator, object value_fn, object value_and_created_fn):
     cdef _Attempt attempt = _Attempt.__new__(_Attempt)
     cdef double createdtime
-    cdef double started
-    cdef bint debug = _log.isEnabledFor(_DEBUG)
+    cdef double started = dp_monotonic()
+    cdef bint debug = False
     attempt.owner = PyThread_get_thread_ident()
     attempt.state = _PENDING
-    self._attempt = attempt
-    self._created += 1
-    if debug:
-        _log.debug("%r: calling the creator", self)
-    started = dp_monotonic()
     try:
+        # In the try, so that the finally clears the attempt whatever
+        # happens from here on (even in the logging).
+        self._attempt = attempt
+        self._created += 1
+        debug = _log.isEnabledFor(_DEBUG)
+        if debug:
+            _log.debug("%r: calling the creator", self)
         result = creator()
         if value_and_created_fn is not None:
             value = _pair(result, "creator", &createdtime)
@@ -569,7 +587,45 @@ cdef object _run_creator(Dogpile self, object creator, object value_fn, object v
         self._attempt = None
 
 
-def _create_in_background(Dogpile self, dp_word tag, creator, value_fn, value_and_created_fn):
+# States of a handoff to a background job.
+cdef enum:
+    _HELD = 0
+    _RUNNING = 1
+    _RELEASED = 2
+
+
+@cython.final
+cdef class _Handoff:
+    """The creation lock, handed from the caller that found the value
+    expired to a background job.  Released exactly once: by the job when it
+    ends or, when the job never runs (cancelled, or the executor failed to
+    start it), by its future's done callback."""
+
+    cdef Dogpile dogpile
+    cdef dp_word tag
+    cdef int state
+
+    cdef int release(self) except -1:
+        if self.state != _RELEASED:
+            self.state = _RELEASED
+            _give(self.dogpile, self.tag)
+        return 0
+
+    def release_logged(self, *_future):
+        """release() where no caller would see an error (a custom lock that
+        may not be released from this thread, say)."""
+        try:
+            self.release()
+        except Exception:
+            _log.warning("could not release a Dogpile's creation lock after a background "
+                         "creation", exc_info=True)
+
+
+def _create_in_background(_Handoff handoff, creator, value_fn, value_and_created_fn):
+    cdef Dogpile self = handoff.dogpile
+    if handoff.state != _HELD:
+        return
+    handoff.state = _RUNNING
     try:
         _run_creator(self, creator, value_fn, value_and_created_fn)
     except Exception:
@@ -577,7 +633,7 @@ def _create_in_background(Dogpile self, dp_word tag, creator, value_fn, value_an
         # unseen; the next caller to find the value expired retries.
         _log.warning("%r: background creation failed", self, exc_info=True)
     finally:
-        _give(self, tag)
+        handoff.release_logged()
 
 
 cdef inline bint _optional_fns_ok(object value_fn, object value_and_created_fn):

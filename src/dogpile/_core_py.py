@@ -364,8 +364,6 @@ class Dogpile:
             self._fresh += 1
             return value
         self._early += 1
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("%r: refreshing early", self)
         return self._locked(mutex, creator, value_fn, value_and_created_fn, value, createdtime)
 
     def _locked(
@@ -382,6 +380,8 @@ class Dogpile:
         only a newer one means someone else refreshed); None otherwise."""
         handed_off = False
         try:
+            if seen is not None and _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%r: refreshing early", self)
             if value_and_created_fn is not None:
                 try:
                     value, createdtime = _pair(value_and_created_fn(), "value_and_created_fn")
@@ -403,15 +403,25 @@ class Dogpile:
                     return self._value
                 stale = self._value if self._createdtime > 0 else _NO_VALUE
             if stale is not _NO_VALUE and self._background is not None:
+                handoff = _Handoff(mutex.release)
                 try:
-                    self._background.submit(
-                        self._create_in_background, mutex, creator, value_fn, value_and_created_fn
+                    future = self._background.submit(
+                        self._create_in_background, handoff, creator, value_fn, value_and_created_fn
                     )
                 except RuntimeError:
-                    # shut down: create here instead
+                    # Shut down: create here instead, and make sure a job
+                    # that got queued anyway never runs without the lock.
+                    handoff.cancel()
                     _log.debug("%r: background executor refused the job", self)
+                except BaseException:
+                    # Maybe queued before the failure: whichever of this and
+                    # the job comes first releases, once.
+                    handed_off = True
+                    handoff.release()
+                    raise
                 else:
                     handed_off = True
+                    _release_when_done(future, handoff)
                     if seen is None:
                         self._stale += 1
                     return stale
@@ -427,13 +437,16 @@ class Dogpile:
         value_and_created_fn: Optional[Callable[[], Any]],
     ) -> Any:
         attempt = _Attempt()
-        self._attempt = attempt
-        self._created += 1
-        debug = _log.isEnabledFor(logging.DEBUG)
-        if debug:
-            _log.debug("%r: calling the creator", self)
         started = _monotonic()
+        debug = False
         try:
+            # In the try, so that the finally clears the attempt whatever
+            # happens from here on (even in the logging).
+            self._attempt = attempt
+            self._created += 1
+            debug = _log.isEnabledFor(logging.DEBUG)
+            if debug:
+                _log.debug("%r: calling the creator", self)
             result = creator()
             if value_and_created_fn is not None:
                 value, self._createdtime = _pair(result, "creator")
@@ -460,11 +473,13 @@ class Dogpile:
 
     def _create_in_background(
         self,
-        mutex: Any,
+        handoff: "_Handoff",
         creator: Callable[[], Any],
         value_fn: Optional[Callable[[], Any]],
         value_and_created_fn: Optional[Callable[[], Any]],
     ) -> None:
+        if not handoff.start():
+            return
         try:
             self._run_creator(creator, value_fn, value_and_created_fn)
         except Exception:
@@ -472,7 +487,7 @@ class Dogpile:
             # go unseen; the next caller to find the value expired retries.
             _log.warning("%r: background creation failed", self, exc_info=True)
         finally:
-            mutex.release()
+            handoff.release_logged()
 
     def _exit(self) -> None:
         pass
@@ -509,6 +524,54 @@ class _Attempt:
         if self.state == _CREATED:
             return self.result
         raise LockError("the creation this caller waited for was abandoned")
+
+
+# States of a handoff to a background job.
+_HELD, _RUNNING, _RELEASED = range(3)
+
+
+class _Handoff:
+    """The creation lock, handed from the caller that found the value
+    expired to a background job.  Released exactly once: by the job when it
+    ends or, when the job never runs (cancelled, or the executor failed to
+    start it), by its future's done callback."""
+
+    __slots__ = ("_release", "state")
+
+    def __init__(self, release: Callable[[], Any]) -> None:
+        self._release = release
+        self.state = _HELD
+
+    def start(self) -> bool:
+        """The job may run: the lock is still held for it."""
+        if self.state != _HELD:
+            return False
+        self.state = _RUNNING
+        return True
+
+    def cancel(self) -> None:
+        """The job must not run; the caller keeps the lock."""
+        self.state = _RELEASED
+
+    def release(self) -> None:
+        if self.state != _RELEASED:
+            self.state = _RELEASED
+            self._release()
+
+    def release_logged(self, *_future: Any) -> None:
+        """release() where no caller would see an error (a custom lock that
+        may not be released from this thread, say)."""
+        try:
+            self.release()
+        except Exception:
+            _log.warning("could not release a Dogpile's creation lock after a background "
+                         "creation", exc_info=True)
+
+
+def _release_when_done(future: Any, handoff: _Handoff) -> None:
+    add_done_callback = getattr(future, "add_done_callback", None)
+    if add_done_callback is not None:
+        add_done_callback(handoff.release_logged)
 
 
 def _done_by_another(createdtime: float, seen: Optional[float], expiretime: float) -> bool:

@@ -41,11 +41,15 @@
 #  ifndef WIN32_LEAN_AND_MEAN
 #    define WIN32_LEAN_AND_MEAN
 #  endif
+#  ifndef _WIN32_WINNT
+#    define _WIN32_WINNT 0x0602 /* Windows 8: GetSystemTimePreciseAsFileTime */
+#  endif
 #  include <windows.h>
 #else
 #  include <errno.h>
 #  include <pthread.h>
 #  include <time.h>
+#  include <unistd.h>
 #endif
 
 typedef uint64_t dp_word;
@@ -123,12 +127,14 @@ static inline double dp_now(void) {
 
 /* Monotonic seconds, for deadlines: a wait must not stretch or end early
    when the wall clock is stepped. */
+#ifdef _WIN32
+static LARGE_INTEGER dp_qpc_freq; /* set once in dp_clock_init */
+#endif
+
 static inline double dp_monotonic(void) {
 #ifdef _WIN32
-    static LARGE_INTEGER freq;
     LARGE_INTEGER c;
-    if (freq.QuadPart == 0)
-        QueryPerformanceFrequency(&freq);
+    LARGE_INTEGER freq = dp_qpc_freq;
     QueryPerformanceCounter(&c);
     return (double)c.QuadPart / (double)freq.QuadPart;
 #else
@@ -147,12 +153,13 @@ static inline double dp_monotonic(void) {
 static double dp_coarse_slack = -1; /* < 0: no coarse clock */
 
 static void dp_clock_init(void) {
-#if defined(CLOCK_REALTIME_COARSE)
+#if defined(_WIN32)
+    QueryPerformanceFrequency(&dp_qpc_freq);
+    dp_coarse_slack = 0.05 + 2.0 * 0.0156;
+#elif defined(CLOCK_REALTIME_COARSE)
     struct timespec res;
     if (clock_getres(CLOCK_REALTIME_COARSE, &res) == 0 && res.tv_sec == 0)
         dp_coarse_slack = 0.05 + 2.0 * (double)res.tv_nsec * 1e-9;
-#elif defined(_WIN32)
-    dp_coarse_slack = 0.05 + 2.0 * 0.0156;
 #endif
 }
 
@@ -168,22 +175,22 @@ static inline int dp_expired(double createdtime, double expiretime) {
     if (isinf(expiretime))
         return 0;
     if (dp_coarse_slack >= 0) {
-        double coarse;
-#if defined(CLOCK_REALTIME_COARSE)
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-        coarse = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-#elif defined(_WIN32)
+        double coarse = -1;
+#if defined(_WIN32)
         FILETIME ft;
         ULARGE_INTEGER t;
         GetSystemTimeAsFileTime(&ft);
         t.LowPart = ft.dwLowDateTime;
         t.HighPart = ft.dwHighDateTime;
         coarse = (double)(t.QuadPart - 116444736000000000ULL) * 1e-7;
+#elif defined(CLOCK_REALTIME_COARSE)
+        struct timespec ts;
+        if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) == 0)
+            coarse = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 #endif
         /* the true age lies in [age, age + slack] */
         age = coarse - createdtime;
-        if (age >= -expiretime && age + dp_coarse_slack <= expiretime)
+        if (coarse > 0 && age >= -expiretime && age + dp_coarse_slack <= expiretime)
             return 0;
     }
     age = dp_now() - createdtime;
@@ -317,6 +324,11 @@ static void dp_after_fork_child(void) {
     for (i = 0; i < DP_STRIPES; i++)
         dp_stripe_init(&dp_stripes[i]);
     dp_generation += 1;
+    /* Forked workers must not all draw the same early-refresh decisions:
+       that would bring back the stampede early refresh spreads out. */
+    dp_random_state ^= ((uint64_t)getpid() << 32) ^ (uint64_t)(dp_monotonic() * 1e9);
+    if (!dp_random_state)
+        dp_random_state = 0x9E3779B97F4A7C15ULL;
 }
 #endif
 

@@ -572,8 +572,6 @@ class _State:
             self.fresh += 1
             return value
         self.early += 1
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("%r: refreshing early", self)
         return await self.locked(mutex, creator, value_fn, value_and_created_fn, value, createdtime)
 
     def done_by_another(self, createdtime: float, seen: Optional[float]) -> bool:
@@ -596,6 +594,9 @@ class _State:
         creation time an early refresh saw, None otherwise."""
         handed_off = False
         try:
+            # Logged here, inside the try that releases the lock.
+            if seen is not None and _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%r: refreshing early", self)
             if value_and_created_fn is not None:
                 try:
                     result = value_and_created_fn()
@@ -641,13 +642,16 @@ class _State:
     ) -> Any:
         self.serial += 1
         attempt = _Attempt(asyncio.current_task(), self.serial)
-        self.attempt = attempt
-        self.created += 1
-        debug = _log.isEnabledFor(logging.DEBUG)
-        if debug:
-            _log.debug("%r: calling the creator", self)
         started = _monotonic()
+        debug = False
         try:
+            # In the try, so that the finally settles the attempt whatever
+            # happens from here on (even in the logging).
+            self.attempt = attempt
+            self.created += 1
+            debug = _log.isEnabledFor(logging.DEBUG)
+            if debug:
+                _log.debug("%r: calling the creator", self)
             result = creator()
             if _is_awaitable(result):
                 result = await result

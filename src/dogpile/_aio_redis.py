@@ -33,7 +33,7 @@ from .mutexes import (
     LeaseLost,
     _client_errors,
     _deadline,
-    _lease_ms,
+    _RedisKey,
     _server_address,
 )
 
@@ -96,7 +96,7 @@ def _stop_renewal_in(cell: List[Optional[_Renewal]]) -> None:
             pass
 
 
-class AsyncRedisMutex:
+class AsyncRedisMutex(_RedisKey):
     """A lock shared by processes on any number of hosts through one Redis
     key, for asyncio.
 
@@ -119,19 +119,7 @@ class AsyncRedisMutex:
     key it may have set.
     """
 
-    __slots__ = (
-        "_client",
-        "_name",
-        "_lease",
-        "_lease_ms",
-        "_auto_renew",
-        "_errors",
-        "_local",
-        "_local_loop",
-        "_token",
-        "_renewal",
-        "__weakref__",
-    )
+    __slots__ = ("_local", "_local_loop")
 
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
@@ -151,36 +139,13 @@ class AsyncRedisMutex:
                 "AsyncRedisMutex needs an asyncio redis client (redis.asyncio.Redis), not the "
                 f"synchronous {type(client).__name__!r}: use dogpile.mutexes.RedisMutex for it"
             )
-        if not isinstance(name, (str, bytes)):
-            raise TypeError(f"name must be a str or bytes key, not {type(name).__name__!r}")
-        if not name:
-            raise ValueError("name must be a non-empty key")
-        self._lease_ms = _lease_ms(lease)
-        self._lease = float(lease)
-        self._client = client
-        self._name = name
-        self._auto_renew = bool(auto_renew)
+        self._set_key(client, name, lease, auto_renew)
         # The tasks of this process queue on this, made for the running
         # event loop (see _local_lock).
         self._local: Optional[asyncio.Lock] = None
         self._local_loop: Any = None
-        self._token: Optional[str] = None
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
-
-    @property
-    def name(self) -> Union[str, bytes]:
-        """The key that holds the lock."""
-        return self._name
-
-    @property
-    def lease(self) -> float:
-        """Seconds the lock outlives a holder that went away."""
-        return self._lease
-
-    @property
-    def auto_renew(self) -> bool:
-        return self._auto_renew
 
     def _local_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()

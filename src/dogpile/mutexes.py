@@ -439,7 +439,55 @@ def _stop_renewal_in(cell: List[Optional[_Renewal]]) -> None:
         renewal.stop.set()
 
 
-class RedisMutex(_MutexBase):
+class _RedisKey:
+    """What RedisMutex and AsyncRedisMutex (in _aio_redis) share: the key,
+    its lease and their checks.  The lock protocol differs (threads and a
+    renewal thread, or tasks and a renewal task), and so does ``_renewal``,
+    which each sets up."""
+
+    __slots__ = (
+        "_client",
+        "_name",
+        "_lease",
+        "_lease_ms",
+        "_auto_renew",
+        "_errors",
+        "_token",
+        "_renewal",
+        "__weakref__",
+    )
+
+    def _set_key(
+        self, client: Any, name: Union[str, bytes], lease: float, auto_renew: bool
+    ) -> None:
+        if not isinstance(name, (str, bytes)):
+            raise TypeError(f"name must be a str or bytes key, not {type(name).__name__!r}")
+        if not name:
+            raise ValueError("name must be a non-empty key")
+        self._lease_ms = _lease_ms(lease)
+        self._lease = float(lease)
+        self._client = client
+        self._name = name
+        self._auto_renew = bool(auto_renew)
+        self._token: Optional[str] = None
+
+    @property
+    def name(self) -> Union[str, bytes]:
+        """The key that holds the lock."""
+        return self._name
+
+    @property
+    def lease(self) -> float:
+        """Seconds the lock outlives a holder that went away."""
+        return self._lease
+
+    @property
+    def auto_renew(self) -> bool:
+        """Whether a held lock's lease is extended until release()."""
+        return self._auto_renew
+
+
+class RedisMutex(_MutexBase, _RedisKey):
     """A lock shared by processes on any number of hosts through one Redis key.
 
     :param client: a synchronous redis-py client (``redis.Redis``, or
@@ -466,19 +514,7 @@ class RedisMutex(_MutexBase):
     the server's address in its message, and nothing is left locked.
     """
 
-    __slots__ = (
-        "_client",
-        "_name",
-        "_lease",
-        "_lease_ms",
-        "_auto_renew",
-        "_errors",
-        "_local",
-        "_guard",
-        "_token",
-        "_renewal",
-        "__weakref__",
-    )
+    __slots__ = ("_local", "_guard")
 
     def __init__(
         self,
@@ -508,38 +544,14 @@ class RedisMutex(_MutexBase):
                     f"{type(client).__name__!r}: its calls return coroutines that "
                     "a lock cannot wait for"
                 )
-        if not isinstance(name, (str, bytes)):
-            raise TypeError(f"name must be a str or bytes key, not {type(name).__name__!r}")
-        if not name:
-            raise ValueError("name must be a non-empty key")
-        self._lease_ms = _lease_ms(lease)
-        self._lease = float(lease)
-        self._client = client
-        self._name = name
-        self._auto_renew = bool(auto_renew)
+        self._set_key(client, name, lease, auto_renew)
         self._local = threading.Lock()
         self._guard = threading.Lock()
-        self._token: Optional[str] = None
         # The current acquisition's renewal, in a list so that the finalizer
         # can stop it without keeping the mutex alive.
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
         _instances.add(self)
-
-    @property
-    def name(self) -> Union[str, bytes]:
-        """The key that holds the lock."""
-        return self._name
-
-    @property
-    def lease(self) -> float:
-        """Seconds the lock outlives a holder that went away."""
-        return self._lease
-
-    @property
-    def auto_renew(self) -> bool:
-        """Whether a held lock's lease is extended until release()."""
-        return self._auto_renew
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock, waiting if ``blocking`` (at most ``timeout``

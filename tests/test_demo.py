@@ -131,6 +131,29 @@ def test_default_run(tmp_path):
     assert set(table_rows(result.stdout)) == {"unprotected", "dogpile"}
 
 
+def test_a_reader_gone_away_ends_the_run_without_a_traceback(tmp_path):
+    """``python -m dogpile | head -1``: once stdout's reader has gone, the
+    demo stops with status 1 and says nothing more (the pipe is closed
+    before the demo starts, so its first line already fails)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "dogpile", *SMALL],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=package_parent),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+
+
 def test_help_explains_each_option(tmp_path):
     result = run_demo(tmp_path, "--help")
     assert result.returncode == 0

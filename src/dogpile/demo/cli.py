@@ -180,6 +180,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DemoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Whoever read the output has gone (``| head -1``).  Point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        # (Ahead of ``except Exception``, which would re-raise it.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:
         # The server went away in the middle of a --redis run, say.
         if config.redis is None or type(exc).__module__.partition(".")[0] != "redis":
@@ -189,9 +195,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # Whoever read the output has gone (``| head -1``).  Point stdout at
-        # devnull so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
     return 0

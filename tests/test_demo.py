@@ -197,6 +197,26 @@ def test_error_names_the_option_and_the_value(capsys):
     assert "--threads" in err and "0" in err
 
 
+def test_the_runtime_does_not_load_the_demo(tmp_path):
+    """The demo is a package of its own, loaded by ``python -m dogpile``
+    only: importing the library's modules leaves it out."""
+    script = (
+        "import sys, dogpile, dogpile.aio, dogpile.mutexes\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dogpile.demo')))\n"
+    )
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=package_parent),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_percentile_is_nearest_rank():
     values = [float(i) for i in range(1, 101)]
     assert model.percentile(values, 50) == 50.0

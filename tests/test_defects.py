@@ -637,14 +637,38 @@ def test_aio_an_int_beyond_any_float_is_a_checked_error(classes):
         classes.AsyncDogpile(BIG)
 
 
-@pytest.mark.parametrize("cls", ["Dogpile", "SyncReaderDogpile", "ReadWriteMutex"])
+@pytest.mark.parametrize("cls", ["Dogpile", "SyncReaderDogpile", "ReadWriteMutex", "NameRegistry"])
 @pytest.mark.parametrize("how", [copy.copy, copy.deepcopy, pickle.dumps])
 def test_a_lock_cannot_be_copied_or_pickled(impl, cls, how):
     """Guards against copy.copy(Dogpile) sharing the lock in the twin and
     failing with a Cython message in the compiled core: both refuse."""
-    obj = getattr(impl, cls)(1) if cls != "ReadWriteMutex" else impl.ReadWriteMutex()
+    args = {"Dogpile": (1,), "SyncReaderDogpile": (1,), "NameRegistry": (len,)}.get(cls, ())
     with pytest.raises(TypeError, match=f"a {cls} cannot be copied or pickled"):
-        how(obj)
+        how(getattr(impl, cls)(*args))
+
+
+@pytest.mark.parametrize("how", [copy.copy, copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))])
+def test_a_dogpile_core_lock_copies_the_same_in_both(impl, how):
+    """Lock holds only what it was given: both cores copy and pickle it
+    (the compiled one no longer through Cython's generated state code,
+    which read past a short state tuple)."""
+    lock = impl.Lock(threading.Lock, len, len, 5, None)
+    again = how(lock)
+    assert type(again) is type(lock) and again.expiretime == 5.0
+    assert again.creator is len and again.async_creator is None
+
+
+@pytest.mark.c_extension
+def test_no_generated_pickle_state_code_is_left():
+    """Guards against Lock().__setstate_cython__(()) reading past the
+    tuple (signal 11): no class of the compiled core has it."""
+    from dogpile import _core
+
+    for name in dir(_core):
+        assert not name.startswith("__pyx_unpickle"), name
+        cls = getattr(_core, name)
+        if isinstance(cls, type):
+            assert not hasattr(cls, "__setstate_cython__"), name
 
 
 def test_a_subclass_skipping_init_is_refused_the_same_way(impl):

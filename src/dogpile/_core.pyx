@@ -1,4 +1,9 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False, auto_pickle=False
+#
+# auto_pickle=False: Cython's generated __setstate_cython__ indexes its
+# state tuple unchecked under boundscheck=False, so Lock().__setstate_cython__(())
+# read past the tuple (a crash); the classes that can be copied or pickled
+# say how with __reduce__, as the twin does.
 #
 # Not declared freethreading_compatible: the fresh-hit path reads a
 # Dogpile's value and creation time without a lock, relying on the GIL to
@@ -911,6 +916,10 @@ cdef class Lock:
     def __exit__(self, exc_type, exc, tb):
         pass
 
+    def __reduce__(self):
+        return (Lock, (self.mutex, self.creator, self.value_and_created_fn,
+                       expiretime_public(self._expiretime), self.async_creator))
+
 
 cdef _release(object mutex):
     try:
@@ -972,6 +981,9 @@ cdef class NameRegistry:
 
     def __len__(self):
         return len(self._values)
+
+    def __reduce__(self):
+        raise _not_copyable(self)
 
 
 cdef class ReadWriteMutex:

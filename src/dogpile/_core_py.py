@@ -979,6 +979,9 @@ class NameRegistry(_StateFirst):
     def __len__(self) -> int:
         return len(self._values)
 
+    def __reduce__(self) -> Any:
+        raise _not_copyable(self)
+
 
 try:
     from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]  # not in typeshed
@@ -994,8 +997,8 @@ def _not_copyable(obj: Any) -> TypeError:
     # copy.copy() of a lock would share or duplicate its state; pickle
     # cannot carry a lock to another process.
     return TypeError(
-        f"a {type(obj).__name__} cannot be copied or pickled: it is a lock its callers "
-        "share; share this one, or make a new one"
+        f"a {type(obj).__name__} cannot be copied or pickled: its callers share its lock "
+        "and state; share this one, or make a new one"
     )
 
 

@@ -223,10 +223,14 @@ def _pick(table, name):
 # -- the steps -------------------------------------------------------------------------------
 
 
-def step_new(world, cls, expiretime, init, lock, wait, background):
+def step_new(world, cls, expiretime, init, lock, wait, background, early):
     """Replace the Dogpile under test.  Only arguments whose behaviour is
-    deterministic reach here (early refresh is random: see step_build)."""
+    deterministic reach here; early refresh is, as a creation takes
+    microseconds and an early refresh is drawn only for a fresh value, a
+    second (or hours) old with an expiry of an hour or more: far from due."""
     kwargs = {}
+    if early != "none":
+        kwargs["early_refresh"] = EARLY[early]
     if wait != "none":
         kwargs["wait_timeout"] = WAITS[wait]
     if background != "none":
@@ -359,6 +363,7 @@ STEPS = st.one_of(
         st.sampled_from(sorted(LOCKS)),
         st.sampled_from(["none", "zero", "long", "nan", "text", "big"]),
         st.sampled_from(sorted(BACKGROUNDS)),
+        st.sampled_from(["none", "none", "one", "nan"]),
     ),
     st.tuples(
         st.just("build"),
@@ -443,7 +448,16 @@ def _observe(world, result):
             seen[name] = _plain(getattr(d, name))
         except Exception as exc:
             seen[name] = ("raised", type(exc).__name__, _message(exc))
-    seen["positive_createdtime"] = d.createdtime > 0
+    # Which time was stored, in buckets of 100 s around now (creation times
+    # sit a second or two hours away, so the bucket is deterministic).
+    createdtime = d.createdtime
+    seen["createdtime"] = "none" if createdtime <= 0 else round((time.time() - createdtime) / 100)
+    rw = getattr(d, "readwritelock", None)
+    if rw is not None:
+        # No read lock left held by an acquisition that failed.
+        seen["rw_free"] = rw.acquire_write_lock(False)
+        if seen["rw_free"]:
+            rw.release_write_lock()
     seen["stats"] = d.stats()
     seen["stored"] = None if world.stored is None else world.stored[0]
     seen["made"] = world.made

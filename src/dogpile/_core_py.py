@@ -443,6 +443,10 @@ class Dogpile(_StateFirst):
             # Published before the value is read again, so that a caller
             # arriving meanwhile waits for this attempt and shares its
             # outcome instead of running the creator once more after it.
+            # (Here a thread switch between taking the lock and this line
+            # can still let a caller wait without it; it then reads the
+            # value again itself.  The compiled core runs no Python code in
+            # between.)
             attempt = self._attempt = _Attempt()
             if prior is not None:
                 prior.next = attempt

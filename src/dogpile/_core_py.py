@@ -211,7 +211,10 @@ class Dogpile(_StateFirst):
                 check_lock_timeout(lock)
         check_executor(background)
         beta = early_refresh_beta(early_refresh)
-        self._reset(seconds)
+        if self._expiretime != self._expiretime:  # nan: fresh from _fresh_state
+            self._expiretime = seconds
+        else:  # __init__ called again: start over, as the compiled core does
+            self._reset(seconds)
         self._wait_timeout = wait
         if lock is not None:
             self._lock = lock

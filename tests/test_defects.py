@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import platform
 import signal
 import subprocess
 import sys
@@ -216,7 +217,7 @@ def test_a_kept_acquisition_in_a_cycle_is_collected(impl):
 
 
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux"),
+    platform.libc_ver()[0] != "glibc",
     reason="needs glibc, which gives a new thread the dead thread's ident after fork",
 )
 def test_a_forked_child_forgets_the_parents_pending_creation(impl):

@@ -33,7 +33,16 @@ def _alarm(signum, frame):
     raise Blocked("a call blocked for 0.25 s")
 
 
-signal.signal(signal.SIGALRM, _alarm)
+# No alarm on Windows: there every object is fresh for each call, so a
+# call has nothing earlier to wait on.
+HAS_ALARM = hasattr(signal, "setitimer")
+if HAS_ALARM:
+    signal.signal(signal.SIGALRM, _alarm)
+
+
+def _arm(seconds):
+    if HAS_ALARM:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
 class Weird:
@@ -135,7 +144,7 @@ def attempt(fn, *args, **kwargs):
     if TRACE:
         shown = [repr(a)[:40] for a in args]
         print("call", repr(fn)[:100], shown, kwargs, file=sys.stderr, flush=True)
-    signal.setitimer(signal.ITIMER_REAL, 0.25)
+    _arm(0.25)
     try:
         return fn(*args, **kwargs)
     except Blocked:
@@ -144,7 +153,7 @@ def attempt(fn, *args, **kwargs):
     except BaseException:
         return None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _arm(0)
 
 
 def classes_of(module):

@@ -4,6 +4,7 @@ fresh-hit path: the compiled core calls in here only to build an error."""
 
 import inspect
 import math
+import sys
 import threading
 from typing import Any, Tuple
 
@@ -12,6 +13,18 @@ INFINITY = math.inf
 
 def _kind(obj: Any) -> str:
     return type(obj).__name__
+
+
+def _float(value: Any, name: str, expected: str) -> float:
+    """``float(value)`` for an int or float already checked; an int beyond
+    any float is a ValueError naming ``name``, not a bare OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(
+            f"{name} must be {expected}, got an int of {value.bit_length()} bits, "
+            f"beyond the largest float ({sys.float_info.max:g})"
+        ) from None
 
 
 def expiretime_seconds(expiretime: Any) -> float:
@@ -23,7 +36,7 @@ def expiretime_seconds(expiretime: Any) -> float:
             "expiretime must be a number of seconds (int or float, >= 0) "
             f"or None for never, not {_kind(expiretime)!r}"
         )
-    seconds = float(expiretime)
+    seconds = _float(expiretime, "expiretime", "a number of seconds >= 0 or None for never")
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(
             "expiretime must be >= 0 seconds (or None for never), "
@@ -43,7 +56,7 @@ def createdtime_seconds(createdtime: Any, source: str = "createdtime") -> float:
             f"{source} must be a number (epoch seconds, as from time.time()), "
             f"not {_kind(createdtime)!r}"
         )
-    seconds = float(createdtime)
+    seconds = _float(createdtime, source, "a number of epoch seconds")
     if math.isnan(seconds):
         raise ValueError(f"{source} must be a number of epoch seconds, got nan")
     return seconds
@@ -99,7 +112,7 @@ def _short_repr(obj: Any) -> str:
 def _positive_seconds(name: str, value: Any, allow_zero: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds or None, not {_kind(value)!r}")
-    seconds = float(value)
+    seconds = _float(value, name, "a number of seconds or None")
     if math.isnan(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound} (or None), got {value!r}")
@@ -133,6 +146,13 @@ def early_refresh_beta(early_refresh: Any) -> float:
 
 
 def check_executor(background: Any) -> None:
+    if isinstance(background, type):
+        # ThreadPoolExecutor rather than ThreadPoolExecutor(): its submit is
+        # a function that would take the first argument as self.
+        raise TypeError(
+            "background must be a concurrent.futures.Executor instance, not the class "
+            f"{background.__name__!r} itself: pass {background.__name__}(...)"
+        )
     if background is not None and not callable(getattr(background, "submit", None)):
         raise TypeError(
             "background must be a concurrent.futures.Executor (an object with "
@@ -152,4 +172,14 @@ def check_lock_timeout(lock: Any) -> None:
     raise TypeError(
         f"wait_timeout needs a lock whose acquire() accepts a timeout, like "
         f"threading.Lock.acquire(blocking, timeout); {_kind(lock)}.acquire() does not"
+    )
+
+
+def not_initialised(obj: Any) -> RuntimeError:
+    """The error for a Dogpile whose ``__init__`` never ran (a subclass
+    whose ``__init__`` does not call ``super().__init__()``, or
+    ``Dogpile.__new__(Dogpile)``)."""
+    return RuntimeError(
+        f"this {_kind(obj)} was never initialised: Dogpile.__init__() did not run "
+        "(a subclass's __init__ must call super().__init__(expiretime, ...))"
     )

@@ -1,4 +1,9 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False, auto_pickle=False
+#
+# auto_pickle=False: Cython's generated __setstate_cython__ indexes its
+# state tuple unchecked under boundscheck=False, so Lock().__setstate_cython__(())
+# read past the tuple (a crash); the classes that can be copied or pickled
+# say how with __reduce__, as the twin does.
 #
 # Not declared freethreading_compatible: the fresh-hit path reads a
 # Dogpile's value and creation time without a lock, relying on the GIL to
@@ -18,7 +23,7 @@ cimport cython
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_GET_SIZE
-from libc.math cimport INFINITY, isnan, log
+from libc.math cimport INFINITY, NAN, isnan, log
 from libc.stdint cimport uint64_t
 
 import logging as _logging
@@ -36,13 +41,15 @@ from ._checks import (
     early_refresh_beta,
     expiretime_public,
     expiretime_seconds,
+    not_initialised,
     unpack_pair,
     wait_timeout_seconds,
 )
 from ._errors import LockError, LockTimeout, NeedRegenerationException
 # The weakref callback of NameRegistry runs once per dead entry, never on a
-# lookup: one definition of it serves both implementations.
-from ._core_py import _Forget
+# lookup, and the others only build an error: one definition of each
+# serves both implementations.
+from ._core_py import _Forget, _not_copyable, _raised_again
 
 __all__ = [
     "Dogpile",
@@ -55,6 +62,7 @@ __all__ = [
 
 cdef extern from "_native_lock.h" nogil:
     ctypedef uint64_t dp_word
+    dp_word dp_generation  # bumped in a forked child
     ctypedef struct dp_rwstate:
         long readers
         long writers_waiting
@@ -127,7 +135,10 @@ cdef inline double _seconds(object expiretime) except? -1:
         return INFINITY
     elif type(expiretime) is int:
         if expiretime >= 0:
-            return <double>expiretime
+            try:
+                return <double>expiretime
+            except OverflowError:
+                pass  # beyond any float: the checked error below
     return expiretime_seconds(expiretime)
 
 
@@ -176,16 +187,44 @@ cdef class _Attempt:
     """One run of a creator, as seen by the callers waiting for it."""
 
     cdef unsigned long owner
+    cdef dp_word generation
     cdef int state
     cdef object result
+    cdef object traceback
+    cdef _Attempt next  # the attempt that took over when this one was abandoned
+
+    cdef int finish(self, int state, object result) except -1:
+        self.result = result
+        if state == _FAILED:
+            self.traceback = result.__traceback__
+        self.state = state
+        return 0
+
+    cdef object share(self, object value):
+        """Finish with a value found under the lock, and return it."""
+        self.finish(_CREATED, value)
+        return value
+
+    cdef _Attempt last(self):
+        """This attempt, or the one that finally took over from it."""
+        cdef _Attempt attempt = self
+        while attempt.state == _ABANDONED and attempt.next is not None:
+            attempt = attempt.next
+        return attempt
 
     cdef object outcome(self):
         """The creator's value, or its exception raised again."""
         if self.state == _FAILED:
-            raise self.result
-        if self.state == _CREATED:
-            return self.result
-        raise LockError("the creation this caller waited for was abandoned")
+            raise _raised_again(self.result, self.traceback)
+        return self.result
+
+
+cdef _Attempt _new_attempt():
+    cdef _Attempt attempt = _Attempt.__new__(_Attempt)
+    attempt.owner = PyThread_get_thread_ident()
+    attempt.generation = dp_generation
+    attempt.state = _PENDING
+    return attempt
 
 
 @cython.final
@@ -198,6 +237,7 @@ cdef class _Options:
     cdef object background    # an Executor, or None
     cdef double beta          # early_refresh; 0: off
     cdef double delta         # seconds the last creation took
+    cdef bint retry_here      # the last background job never ran
 
 
 cdef class Dogpile:
@@ -241,12 +281,15 @@ cdef class Dogpile:
 
     def __cinit__(self):
         self._createdtime = -1.0
+        # nan until __init__ runs: no freshness test passes on it, so a
+        # subclass that skips Dogpile.__init__ reaches the check in _create.
+        self._expiretime = NAN
         self._word = 0
 
     def __init__(self, expiretime, init=False, lock=None, *,
                  wait_timeout=None, background=None, early_refresh=None):
         cdef _Options opts
-        self._expiretime = _seconds(expiretime)
+        cdef double seconds = _seconds(expiretime)
         wait = wait_timeout_seconds(wait_timeout)
         if lock is not None:
             check_lock(lock)
@@ -264,6 +307,10 @@ cdef class Dogpile:
             self._opts = opts
         else:
             self._opts = None
+        self._expiretime = seconds
+        self._attempt = None
+        self._fresh = self._stale = 0
+        self._created = self._waited = self._failed = self._early = self._timeouts = 0
         self._value = None
         self._createdtime = dp_now() if init else -1.0
 
@@ -342,6 +389,9 @@ cdef class Dogpile:
             f"<{type(self).__name__} expiretime={self.expiretime!r} "
             f"createdtime={self._createdtime!r}>"
         )
+
+    def __reduce__(self):
+        raise _not_copyable(self)
 
 
 # -- the algorithm: module functions rather than cdef methods, see above ---
@@ -424,6 +474,9 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                     object value_and_created_fn, object value, double createdtime):
     cdef dp_word tag
     cdef _Attempt attempt
+    cdef _Attempt prior = None
+    if isnan(self._expiretime):  # __init__ never ran
+        raise not_initialised(self)
     if createdtime > 0 and value is not _NO_VALUE:
         # A stale value exists: whoever holds the lock is already
         # creating, so serve the stale value rather than wait.
@@ -435,6 +488,10 @@ cdef object _create(Dogpile self, object creator, object value_fn,
         tag = _try_take(self)
         if not tag:
             attempt = self._attempt
+            if attempt is not None and attempt.generation != dp_generation:
+                # Left by a thread of the parent process: it will never
+                # finish here, and its owner's ident may be reused.
+                attempt = None
             if attempt is not None and attempt.owner == PyThread_get_thread_ident():
                 raise LockError(
                     "Dogpile.acquire() called again from inside its own creator: "
@@ -450,12 +507,17 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                     f"no value after waiting {self._opts.wait_timeout} s (wait_timeout) "
                     "for another caller's creator"
                 )
-            if attempt is not None and attempt.state != _PENDING:
-                # The creation we waited for is over: share its outcome
-                # rather than run the creator again for each waiter.
-                _give(self, tag)
-                return attempt.outcome()
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, False, 0.0)
+            if attempt is not None:
+                prior = attempt.last()
+                if prior.state == _CREATED or prior.state == _FAILED:
+                    # The creation we waited for is over: share its outcome
+                    # rather than run the creator again for each waiter.
+                    _give(self, tag)
+                    return prior.outcome()
+                # Abandoned (its creator raised KeyboardInterrupt, say):
+                # this caller creates, and the others waiting for the same
+                # attempt share this one's outcome through prior.next.
+    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, False, 0.0, prior)
 
 
 cdef object _refresh_early(Dogpile self, object creator, object value_fn,
@@ -465,7 +527,7 @@ cdef object _refresh_early(Dogpile self, object creator, object value_fn,
         self._fresh += 1
         return value
     self._early += 1
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime)
+    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime, None)
 
 
 cdef inline bint _done_by_another(double createdtime, bint early, double seen,
@@ -479,13 +541,22 @@ cdef inline bint _done_by_another(double createdtime, bint early, double seen,
 
 
 cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
-                    object value_and_created_fn, object value, bint early, double seen):
-    """Holding the lock: create unless someone else just did."""
+                    object value_and_created_fn, object value, bint early, double seen,
+                    _Attempt prior):
+    """Holding the lock: create unless someone else just did.  ``prior`` is
+    an abandoned attempt whose waiters this one serves."""
     cdef double createdtime
     cdef bint handed_off = False
     cdef object stale
     cdef _Handoff handoff
+    cdef _Attempt attempt = None
     try:
+        # Published before the value is read again, so that a caller
+        # arriving meanwhile waits for this attempt and shares its outcome
+        # instead of running the creator once more after it.
+        attempt = self._attempt = _new_attempt()
+        if prior is not None:
+            prior.next = attempt
         if early and _log.isEnabledFor(_DEBUG):
             _log.debug("%r: refreshing early", self)
         if value_and_created_fn is not None:
@@ -496,20 +567,23 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
                 createdtime = -1.0
             self._createdtime = createdtime
             if value is not _NO_VALUE and _done_by_another(createdtime, early, seen, self._expiretime):
-                return value
+                return attempt.share(value)
             stale = value if createdtime > 0 else _NO_VALUE
         elif value_fn is not None:
             if _done_by_another(self._createdtime, early, seen, self._expiretime):
                 try:
-                    return value_fn()
+                    return attempt.share(value_fn())
                 except NeedRegenerationException:
                     value = _NO_VALUE
             stale = value
         else:
             if _done_by_another(self._createdtime, early, seen, self._expiretime):
-                return self._value
+                return attempt.share(self._value)
             stale = self._value if self._createdtime > 0 else _NO_VALUE
-        if stale is not _NO_VALUE and self._opts is not None and self._opts.background is not None:
+        if self._opts is not None and self._opts.retry_here:
+            # The last background job never ran: create here, once.
+            self._opts.retry_here = False
+        elif stale is not _NO_VALUE and self._opts is not None and self._opts.background is not None:
             handoff = _Handoff.__new__(_Handoff)
             handoff.dogpile = self
             handoff.tag = tag
@@ -537,23 +611,30 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
                 if not early:
                     self._stale += 1
                 return stale
-        return _run_creator(self, creator, value_fn, value_and_created_fn)
+        return _run_creator(self, attempt, creator, value_fn, value_and_created_fn)
     finally:
+        if attempt is not None:
+            _settle(self, attempt)
         if not handed_off:
             _give(self, tag)
 
 
-cdef object _run_creator(Dogpile self, object creator, object value_fn, object value_and_created_fn):
-    cdef _Attempt attempt = _Attempt.__new__(_Attempt)
+cdef int _settle(Dogpile self, _Attempt attempt) except -1:
+    if attempt.state == _PENDING:
+        # No outcome (the value functions raised, or the job went to the
+        # background): whoever waited for it goes on to create.
+        attempt.finish(_ABANDONED, None)
+    if self._attempt is attempt:
+        self._attempt = None
+    return 0
+
+
+cdef object _run_creator(Dogpile self, _Attempt attempt, object creator, object value_fn,
+                         object value_and_created_fn):
     cdef double createdtime
     cdef double started = dp_monotonic()
     cdef bint debug = False
-    attempt.owner = PyThread_get_thread_ident()
-    attempt.state = _PENDING
     try:
-        # In the try, so that the finally clears the attempt whatever
-        # happens from here on (even in the logging).
-        self._attempt = attempt
         self._created += 1
         debug = _log.isEnabledFor(_DEBUG)
         if debug:
@@ -569,22 +650,19 @@ cdef object _run_creator(Dogpile self, object creator, object value_fn, object v
             self._createdtime = dp_now()
     except Exception as exc:
         self._failed += 1
-        attempt.result = exc
-        attempt.state = _FAILED
+        attempt.finish(_FAILED, exc)
         if debug:
             _log.debug("%r: the creator failed: %r", self, exc)
         raise
     except BaseException:
-        attempt.state = _ABANDONED
+        attempt.finish(_ABANDONED, None)
         raise
     else:
-        attempt.result = value
-        attempt.state = _CREATED
+        attempt.finish(_CREATED, value)
         return value
     finally:
         if self._opts is not None:
             self._opts.delta = dp_monotonic() - started
-        self._attempt = None
 
 
 # States of a handoff to a background job.
@@ -606,33 +684,62 @@ cdef class _Handoff:
     cdef int state
 
     cdef int release(self) except -1:
+        if self.dogpile is None:  # made by hand, not by a Dogpile
+            raise TypeError("this _Handoff belongs to no Dogpile")
         if self.state != _RELEASED:
             self.state = _RELEASED
             _give(self.dogpile, self.tag)
         return 0
 
-    def release_logged(self, *_future):
+    def release_logged(self, *future):
         """release() where no caller would see an error (a custom lock that
-        may not be released from this thread, say)."""
+        may not be released from this thread, say).  Called with the future
+        when its job is done, or never ran."""
+        cdef bint never_ran = self.state == _HELD and len(future) > 0
         try:
             self.release()
         except Exception:
             _log.warning("could not release a Dogpile's creation lock after a background "
                          "creation", exc_info=True)
+        if never_ran and self.dogpile is not None:
+            _job_never_ran(self.dogpile, future[0])
 
 
-def _create_in_background(_Handoff handoff, creator, value_fn, value_and_created_fn):
+cdef _job_never_ran(Dogpile self, future):
+    """A background job ended without running (a ProcessPoolExecutor that
+    could not pickle it, a cancelled future): say so, and have the next
+    caller that finds the value expired create it in place."""
+    if self._opts is not None:
+        self._opts.retry_here = True
+    try:
+        cancelled = future.cancelled()
+        error = None if cancelled else future.exception(0)
+    except Exception as exc:  # a future-like object that cannot say
+        cancelled, error = False, exc
+    if cancelled:
+        _log.warning("%r: background creation was cancelled before it ran; the next "
+                     "caller to find the value expired creates it", self)
+    else:
+        _log.warning("%r: background creation could not run; the next caller to "
+                     "find the value expired creates it", self, exc_info=error)
+
+
+def _create_in_background(_Handoff handoff not None, creator, value_fn, value_and_created_fn):
     cdef Dogpile self = handoff.dogpile
-    if handoff.state != _HELD:
+    cdef _Attempt attempt = None
+    if self is None or handoff.state != _HELD:
         return
     handoff.state = _RUNNING
     try:
-        _run_creator(self, creator, value_fn, value_and_created_fn)
+        attempt = self._attempt = _new_attempt()
+        _run_creator(self, attempt, creator, value_fn, value_and_created_fn)
     except Exception:
         # Nobody waits on a background creation, so its failure would go
         # unseen; the next caller to find the value expired retries.
         _log.warning("%r: background creation failed", self, exc_info=True)
     finally:
+        if attempt is not None:
+            _settle(self, attempt)
         handoff.release_logged()
 
 
@@ -643,14 +750,13 @@ cdef inline bint _optional_fns_ok(object value_fn, object value_and_created_fn):
 
 
 # One of these is made per acquire(), so it is kept cheap: a freelist
-# instead of malloc, and no GC tracking (it references only the Dogpile and
-# the caller's functions; a cycle through it would need a caller to store
-# it inside one of those).  Caching one per Dogpile would save a little
-# more, but the cache would reference the Dogpile back, and a Dogpile in a
-# cycle outlives its last reference until the collector runs, which keeps
-# NameRegistry entries alive.
+# instead of malloc.  It takes part in GC: a caller that keeps one (say
+# ``self.read = self.dogpile.acquire(self.load)``) makes a cycle through the
+# bound method.  Caching one per Dogpile would save a little more, but the
+# cache would reference the Dogpile back, and a Dogpile in a cycle outlives
+# its last reference until the collector runs, which keeps NameRegistry
+# entries alive.
 @cython.final
-@cython.no_gc
 @cython.freelist(32)
 cdef class _Acquisition:
     """The context manager that Dogpile.acquire() returns."""
@@ -662,6 +768,8 @@ cdef class _Acquisition:
     cdef ReadWriteMutex rw  # SyncReaderDogpile's: held for the block
 
     def __enter__(self):
+        if self.dogpile is None:  # type(acq)(): not made by Dogpile.acquire()
+            raise TypeError("use Dogpile.acquire() to make an acquisition")
         value = _enter(self.dogpile, self.creator, self.value_fn, self.value_and_created_fn)
         if self.rw is not None:
             self.rw._acquire_read(True)
@@ -679,9 +787,12 @@ cdef class SyncReaderDogpile(Dogpile):
 
     cdef ReadWriteMutex _rw
 
+    def __cinit__(self):
+        # Here rather than in __init__, which a subclass may skip.
+        self._rw = ReadWriteMutex()
+
     def __init__(self, expiretime, init=False, lock=None, **options):
         Dogpile.__init__(self, expiretime, init, lock, **options)
-        self._rw = ReadWriteMutex()
 
     @property
     def readwritelock(self):
@@ -696,6 +807,8 @@ cdef class SyncReaderDogpile(Dogpile):
 
     def acquire_write_lock(self):
         """Return a context manager that holds the write lock."""
+        if isnan(self._expiretime):  # __init__ never ran
+            raise not_initialised(self)
         return _WriteLock(self._rw)
 
 
@@ -703,7 +816,7 @@ cdef class SyncReaderDogpile(Dogpile):
 cdef class _WriteLock:
     cdef ReadWriteMutex _rw
 
-    def __cinit__(self, ReadWriteMutex rw):
+    def __cinit__(self, ReadWriteMutex rw not None):
         self._rw = rw
 
     def __enter__(self):
@@ -803,6 +916,10 @@ cdef class Lock:
     def __exit__(self, exc_type, exc, tb):
         pass
 
+    def __reduce__(self):
+        return (Lock, (self.mutex, self.creator, self.value_and_created_fn,
+                       expiretime_public(self._expiretime), self.async_creator))
+
 
 cdef _release(object mutex):
     try:
@@ -826,12 +943,15 @@ cdef class NameRegistry:
     cdef object _mutex
     cdef object __weakref__
 
-    def __init__(self, creator):
-        check_callable("creator", creator)
-        self.creator = creator
+    def __cinit__(self):
+        # Here rather than in __init__, which a subclass may skip.
         self._values = {}
         # Reentrant: a creator may look up another identifier.
         self._mutex = _threading.RLock()
+
+    def __init__(self, creator):
+        check_callable("creator", creator)
+        self.creator = creator
 
     def get(self, identifier, *args, **kw):
         """Return the object for ``identifier``, creating it if needed."""
@@ -862,6 +982,9 @@ cdef class NameRegistry:
     def __len__(self):
         return len(self._values)
 
+    def __reduce__(self):
+        raise _not_copyable(self)
+
 
 cdef class ReadWriteMutex:
     """A lock that many readers or one writer can hold.
@@ -873,6 +996,9 @@ cdef class ReadWriteMutex:
 
     cdef dp_rwstate _state
     cdef object __weakref__
+
+    def __reduce__(self):
+        raise _not_copyable(self)
 
     def acquire_read_lock(self, wait=True):
         """Take a read lock; with ``wait=False`` return False if busy."""

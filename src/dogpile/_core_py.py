@@ -5,9 +5,11 @@ same classes, same signatures, same docstrings, same behaviour.  Where the
 two differ, one of them has a bug.  ``import dogpile`` picks one of them.
 """
 
+import copy
 import logging
 import math
 import os
+import sys
 import threading
 import weakref
 from random import random as _random
@@ -25,6 +27,7 @@ from ._checks import (
     early_refresh_beta,
     expiretime_public,
     expiretime_seconds,
+    not_initialised,
     unpack_pair,
     wait_timeout_seconds,
 )
@@ -62,6 +65,11 @@ if hasattr(os, "register_at_fork"):
 
 
 _INF = float("inf")
+# The expiretime of a Dogpile whose __init__ never ran: every freshness
+# test fails on it, so every use reaches a check that raises.
+_NAN = float("nan")
+# The largest int a Lock keeps as it is (beyond it, no float compares).
+_FLOAT_MAX = sys.float_info.max
 
 
 def _is_expired(createdtime: float, expiretime: float) -> bool:
@@ -73,8 +81,8 @@ def _is_expired(createdtime: float, expiretime: float) -> bool:
     # A creation time further ahead than the expiry time comes from a clock
     # that was stepped back or a host whose clock runs ahead: call it
     # expired, so one regeneration repairs it instead of waiting for the
-    # clock to catch up.
-    return age > expiretime or -age > expiretime
+    # clock to catch up.  (Written so that a nan expiretime is expired.)
+    return not -expiretime <= age <= expiretime
 
 
 def _optional_fns_ok(value_fn: Any, value_and_created_fn: Any) -> bool:
@@ -101,7 +109,26 @@ def _seconds(expiretime: Any) -> float:
     return expiretime_seconds(expiretime)
 
 
-class Dogpile:
+class _StateFirst:
+    """Gives an instance its whole state before ``__init__`` runs, as the
+    compiled core's ``__cinit__`` does: a subclass whose ``__init__`` skips
+    the base one then gets a clear error (or a working object), not an
+    AttributeError from deep inside.  A base class rather than a
+    ``__new__`` in each class, so that inspect.signature() still reads
+    each class's ``__init__``."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        self._fresh_state()
+        return self
+
+    def _fresh_state(self) -> None:
+        raise NotImplementedError
+
+
+class Dogpile(_StateFirst):
     """A lock that lets one caller create a value while every other caller
     keeps using the previous one.
 
@@ -141,8 +168,30 @@ class Dogpile:
         "_failed",
         "_early",
         "_timeouts",
+        "_retry_here",
         "__weakref__",
     )
+
+    def _fresh_state(self) -> None:
+        # expiretime nan until __init__ runs: a subclass that skips it gets
+        # the error of not_initialised().
+        Dogpile._reset(self, _NAN)
+
+    def _reset(self, expiretime: float) -> None:
+        self._expiretime = expiretime
+        self._wait_timeout: Optional[float] = None
+        self._lock: Any = threading.Lock()
+        self._custom_lock = False
+        self._background: Any = None
+        self._beta = 0.0
+        self._lock_generation = _fork_generation
+        self._attempt: Optional[_Attempt] = None
+        self._retry_here = False
+        self._delta = 0.0
+        self._fresh = self._stale = self._created = self._waited = 0
+        self._failed = self._early = self._timeouts = 0
+        self._value: Any = None
+        self._createdtime = -1.0
 
     def __init__(
         self,
@@ -154,27 +203,26 @@ class Dogpile:
         background: Any = None,
         early_refresh: Optional[float] = None,
     ) -> None:
-        self._expiretime = _seconds(expiretime)
-        self._wait_timeout = wait_timeout_seconds(wait_timeout)
-        if lock is None:
-            self._lock: Any = threading.Lock()
-            self._custom_lock = False
-        else:
+        seconds = _seconds(expiretime)
+        wait = wait_timeout_seconds(wait_timeout)
+        if lock is not None:
             check_lock(lock)
-            if self._wait_timeout is not None:
+            if wait is not None:
                 check_lock_timeout(lock)
+        check_executor(background)
+        beta = early_refresh_beta(early_refresh)
+        if self._expiretime != self._expiretime:  # nan: fresh from _fresh_state
+            self._expiretime = seconds
+        else:  # __init__ called again: start over, as the compiled core does
+            self._reset(seconds)
+        self._wait_timeout = wait
+        if lock is not None:
             self._lock = lock
             self._custom_lock = True
-        check_executor(background)
         self._background = background
-        self._beta = early_refresh_beta(early_refresh)
-        self._lock_generation = _fork_generation
-        self._attempt: Optional[_Attempt] = None
-        self._delta = 0.0
-        self._fresh = self._stale = self._created = self._waited = 0
-        self._failed = self._early = self._timeouts = 0
-        self._value: Any = None
-        self._createdtime = _now() if init else -1.0
+        self._beta = beta
+        if init:
+            self._createdtime = _now()
 
     @property
     def createdtime(self) -> float:
@@ -321,7 +369,10 @@ class Dogpile:
         value: Any,
         createdtime: float,
     ) -> Any:
+        if self._expiretime != self._expiretime:  # nan: __init__ never ran
+            raise not_initialised(self)
         mutex = self._mutex_now()
+        prior = None
         if createdtime > 0 and value is not _NO_VALUE:
             # A stale value exists: whoever holds the lock is already
             # creating, so serve the stale value rather than wait.
@@ -330,6 +381,10 @@ class Dogpile:
                 return value
         elif not mutex.acquire(False):
             attempt = self._attempt
+            if attempt is not None and attempt.generation != _fork_generation:
+                # Left by a thread of the parent process: it will never
+                # finish here, and its owner's ident may be reused.
+                attempt = None
             if attempt is not None and attempt.owner == threading.get_ident():
                 raise LockError(
                     "Dogpile.acquire() called again from inside its own creator: "
@@ -344,12 +399,17 @@ class Dogpile:
                     f"no value after waiting {self._wait_timeout} s (wait_timeout) "
                     "for another caller's creator"
                 )
-            if attempt is not None and attempt.state != _PENDING:
-                # The creation we waited for is over: share its outcome
-                # rather than run the creator again for each waiter.
-                mutex.release()
-                return attempt.outcome()
-        return self._locked(mutex, creator, value_fn, value_and_created_fn, value, None)
+            if attempt is not None:
+                prior = attempt.last()
+                if prior.state == _CREATED or prior.state == _FAILED:
+                    # The creation we waited for is over: share its outcome
+                    # rather than run the creator again for each waiter.
+                    mutex.release()
+                    return prior.outcome()
+                # Abandoned (its creator raised KeyboardInterrupt, say):
+                # this caller creates, and the others waiting for the same
+                # attempt share this one's outcome through prior.next.
+        return self._locked(mutex, creator, value_fn, value_and_created_fn, value, None, prior)
 
     def _refresh_early(
         self,
@@ -374,12 +434,25 @@ class Dogpile:
         value_and_created_fn: Optional[Callable[[], Any]],
         value: Any,
         seen: Optional[float],
+        prior: "Optional[_Attempt]" = None,
     ) -> Any:
         """Holding the lock: create unless someone else just did.  ``seen``
         is the creation time an early refresh saw (the value is fresh, so
-        only a newer one means someone else refreshed); None otherwise."""
+        only a newer one means someone else refreshed); None otherwise.
+        ``prior`` is an abandoned attempt whose waiters this one serves."""
         handed_off = False
+        attempt = None
         try:
+            # Published before the value is read again, so that a caller
+            # arriving meanwhile waits for this attempt and shares its
+            # outcome instead of running the creator once more after it.
+            # (Here a thread switch between taking the lock and this line
+            # can still let a caller wait without it; it then reads the
+            # value again itself.  The compiled core runs no Python code in
+            # between.)
+            attempt = self._attempt = _Attempt()
+            if prior is not None:
+                prior.next = attempt
             if seen is not None and _log.isEnabledFor(logging.DEBUG):
                 _log.debug("%r: refreshing early", self)
             if value_and_created_fn is not None:
@@ -389,21 +462,24 @@ class Dogpile:
                     value, createdtime = _NO_VALUE, -1.0
                 self._createdtime = createdtime
                 if value is not _NO_VALUE and _done_by_another(createdtime, seen, self._expiretime):
-                    return value
+                    return attempt.share(value)
                 stale = value if createdtime > 0 else _NO_VALUE
             elif value_fn is not None:
                 if _done_by_another(self._createdtime, seen, self._expiretime):
                     try:
-                        return value_fn()
+                        return attempt.share(value_fn())
                     except NeedRegenerationException:
                         value = _NO_VALUE
                 stale = value
             else:
                 if _done_by_another(self._createdtime, seen, self._expiretime):
-                    return self._value
+                    return attempt.share(self._value)
                 stale = self._value if self._createdtime > 0 else _NO_VALUE
-            if stale is not _NO_VALUE and self._background is not None:
-                handoff = _Handoff(mutex.release)
+            if self._retry_here:
+                # The last background job never ran: create here, once.
+                self._retry_here = False
+            elif stale is not _NO_VALUE and self._background is not None:
+                handoff = _Handoff(mutex.release, self)
                 try:
                     future = self._background.submit(
                         self._create_in_background, handoff, creator, value_fn, value_and_created_fn
@@ -425,24 +501,31 @@ class Dogpile:
                     if seen is None:
                         self._stale += 1
                     return stale
-            return self._run_creator(creator, value_fn, value_and_created_fn)
+            return self._run_creator(attempt, creator, value_fn, value_and_created_fn)
         finally:
+            if attempt is not None:
+                self._settle(attempt)
             if not handed_off:
                 mutex.release()
 
+    def _settle(self, attempt: "_Attempt") -> None:
+        if attempt.state == _PENDING:
+            # No outcome (the value functions raised, or the job went to
+            # the background): whoever waited for it goes on to create.
+            attempt.finish(_ABANDONED, None)
+        if self._attempt is attempt:
+            self._attempt = None
+
     def _run_creator(
         self,
+        attempt: "_Attempt",
         creator: Callable[[], Any],
         value_fn: Optional[Callable[[], Any]],
         value_and_created_fn: Optional[Callable[[], Any]],
     ) -> Any:
-        attempt = _Attempt()
         started = _monotonic()
         debug = False
         try:
-            # In the try, so that the finally clears the attempt whatever
-            # happens from here on (even in the logging).
-            self._attempt = attempt
             self._created += 1
             debug = _log.isEnabledFor(logging.DEBUG)
             if debug:
@@ -469,7 +552,6 @@ class Dogpile:
             return value
         finally:
             self._delta = _monotonic() - started
-            self._attempt = None
 
     def _create_in_background(
         self,
@@ -480,14 +562,35 @@ class Dogpile:
     ) -> None:
         if not handoff.start():
             return
+        attempt = None
         try:
-            self._run_creator(creator, value_fn, value_and_created_fn)
+            attempt = self._attempt = _Attempt()
+            self._run_creator(attempt, creator, value_fn, value_and_created_fn)
         except Exception:
             # Nobody waits on a background creation, so its failure would
             # go unseen; the next caller to find the value expired retries.
             _log.warning("%r: background creation failed", self, exc_info=True)
         finally:
+            if attempt is not None:
+                self._settle(attempt)
             handoff.release_logged()
+
+    def _job_never_ran(self, future: Any) -> None:
+        """A background job ended without running (a ProcessPoolExecutor
+        that could not pickle it, a cancelled future): say so, and have the
+        next caller that finds the value expired create it in place."""
+        self._retry_here = True
+        try:
+            cancelled = future.cancelled()
+            error = None if cancelled else future.exception(0)
+        except Exception as exc:  # a future-like object that cannot say
+            cancelled, error = False, exc
+        if cancelled:
+            _log.warning("%r: background creation was cancelled before it ran; the next "
+                         "caller to find the value expired creates it", self)
+        else:
+            _log.warning("%r: background creation could not run; the next caller to "
+                         "find the value expired creates it", self, exc_info=error)
 
     def _exit(self) -> None:
         pass
@@ -498,6 +601,9 @@ class Dogpile:
             f"createdtime={self._createdtime!r}>"
         )
 
+    def __reduce__(self) -> Any:
+        raise _not_copyable(self)
+
 
 # States of a creation attempt.
 _PENDING, _CREATED, _FAILED, _ABANDONED = range(4)
@@ -506,24 +612,59 @@ _PENDING, _CREATED, _FAILED, _ABANDONED = range(4)
 class _Attempt:
     """One run of a creator, as seen by the callers waiting for it."""
 
-    __slots__ = ("owner", "state", "result")
+    __slots__ = ("owner", "generation", "state", "result", "traceback", "next")
 
     def __init__(self) -> None:
         self.owner = threading.get_ident()
+        self.generation = _fork_generation
         self.state = _PENDING
         self.result: Any = None
+        self.traceback: Any = None
+        # The attempt that took over when this one was abandoned.
+        self.next: Optional[_Attempt] = None
 
     def finish(self, state: int, result: Any) -> None:
         self.result = result
+        if state == _FAILED:
+            self.traceback = result.__traceback__
         self.state = state
+
+    def share(self, value: Any) -> Any:
+        """Finish with a value found under the lock, and return it."""
+        self.finish(_CREATED, value)
+        return value
+
+    def last(self) -> "_Attempt":
+        """This attempt, or the one that finally took over from it."""
+        attempt = self
+        while attempt.state == _ABANDONED and attempt.next is not None:
+            attempt = attempt.next
+        return attempt
 
     def outcome(self) -> Any:
         """The creator's value, or its exception raised again."""
         if self.state == _FAILED:
-            raise self.result
-        if self.state == _CREATED:
-            return self.result
-        raise LockError("the creation this caller waited for was abandoned")
+            raise _raised_again(self.result, self.traceback)
+        return self.result
+
+
+def _raised_again(exc: BaseException, traceback: Any) -> BaseException:
+    """What a waiter raises for the creator's exception: a copy of it with
+    the creator's traceback.  The one object raised in many threads at once
+    would gather every thread's frames in its traceback (keeping their
+    locals alive), and each thread would see the others' stacks in it.  An
+    exception that cannot be copied as its type is raised itself, with the
+    creator's traceback."""
+    try:
+        again = copy.copy(exc)
+    except Exception:
+        again = None
+    if type(again) is not type(exc) or again is exc:
+        return exc.with_traceback(traceback)
+    again.__cause__ = exc.__cause__
+    again.__context__ = exc.__context__
+    again.__suppress_context__ = exc.__suppress_context__
+    return again.with_traceback(traceback)
 
 
 # States of a handoff to a background job.
@@ -536,10 +677,11 @@ class _Handoff:
     ends or, when the job never runs (cancelled, or the executor failed to
     start it), by its future's done callback."""
 
-    __slots__ = ("_release", "state")
+    __slots__ = ("_release", "_dogpile", "state")
 
-    def __init__(self, release: Callable[[], Any]) -> None:
+    def __init__(self, release: Callable[[], Any], dogpile: Dogpile) -> None:
         self._release = release
+        self._dogpile = dogpile
         self.state = _HELD
 
     def start(self) -> bool:
@@ -558,14 +700,18 @@ class _Handoff:
             self.state = _RELEASED
             self._release()
 
-    def release_logged(self, *_future: Any) -> None:
+    def release_logged(self, *future: Any) -> None:
         """release() where no caller would see an error (a custom lock that
-        may not be released from this thread, say)."""
+        may not be released from this thread, say).  Called with the future
+        when its job is done, or never ran."""
+        never_ran = self.state == _HELD and bool(future)
         try:
             self.release()
         except Exception:
             _log.warning("could not release a Dogpile's creation lock after a background "
                          "creation", exc_info=True)
+        if never_ran:
+            self._dogpile._job_never_ran(future[0])
 
 
 def _release_when_done(future: Any, handoff: _Handoff) -> None:
@@ -614,11 +760,14 @@ class SyncReaderDogpile(Dogpile):
 
     __slots__ = ("_rw",)
 
+    def _fresh_state(self) -> None:
+        Dogpile._fresh_state(self)
+        self._rw = ReadWriteMutex()
+
     def __init__(
         self, expiretime: Optional[float], init: bool = False, lock: Any = None, **options: Any
     ) -> None:
         super().__init__(expiretime, init, lock, **options)
-        self._rw = ReadWriteMutex()
 
     @property
     def readwritelock(self) -> "ReadWriteMutex":
@@ -636,6 +785,8 @@ class SyncReaderDogpile(Dogpile):
 
     def acquire_write_lock(self) -> "_WriteLock":
         """Return a context manager that holds the write lock."""
+        if self._expiretime != self._expiretime:  # nan: __init__ never ran
+            raise not_initialised(self)
         return _WriteLock(self._rw)
 
     def _enter(
@@ -693,8 +844,9 @@ class Lock:
         # checked when they are first needed, before anything is locked.
         kind = expiretime.__class__
         # An int is kept as it is: it compares with a float age the same.
-        # (False for nan, which _seconds then rejects.)
-        if (kind is float or kind is int) and expiretime >= 0:  # type: ignore[operator]
+        # (False for nan, which _seconds then rejects, and for an int
+        # beyond any float, which the compiled core cannot hold either.)
+        if (kind is float or kind is int) and 0 <= expiretime <= _FLOAT_MAX:  # type: ignore[operator]
             self._expiretime: float = expiretime  # type: ignore[assignment]
         else:
             self._expiretime = _seconds(expiretime)
@@ -782,7 +934,7 @@ def _release(mutex: Any) -> None:
         raise
 
 
-class NameRegistry:
+class NameRegistry(_StateFirst):
     """Keeps one object per identifier for as long as anything references it.
 
     ``get(identifier, *args, **kw)`` returns that object, calling
@@ -793,12 +945,15 @@ class NameRegistry:
 
     __slots__ = ("creator", "_values", "_mutex", "__weakref__")
 
-    def __init__(self, creator: Callable[..., Any]) -> None:
-        check_callable("creator", creator)
-        self.creator = creator
+    def _fresh_state(self) -> None:
+        self.creator: Callable[..., Any] = None  # type: ignore[assignment]  # until __init__
         self._values: dict[Any, weakref.ref[Any]] = {}
         # Reentrant: a creator may look up another identifier.
         self._mutex = threading.RLock()
+
+    def __init__(self, creator: Callable[..., Any]) -> None:
+        check_callable("creator", creator)
+        self.creator = creator
 
     def get(self, identifier: Any, *args: Any, **kw: Any) -> Any:
         """Return the object for ``identifier``, creating it if needed."""
@@ -831,6 +986,9 @@ class NameRegistry:
     def __len__(self) -> int:
         return len(self._values)
 
+    def __reduce__(self) -> Any:
+        raise _not_copyable(self)
+
 
 try:
     from _weakref import _remove_dead_weakref  # type: ignore[attr-defined]  # not in typeshed
@@ -840,6 +998,15 @@ except ImportError:  # pragma: no cover - every CPython 3.9+ has it
         ref = d.get(key)
         if ref is not None and ref() is None:
             del d[key]
+
+
+def _not_copyable(obj: Any) -> TypeError:
+    # copy.copy() of a lock would share or duplicate its state; pickle
+    # cannot carry a lock to another process.
+    return TypeError(
+        f"a {type(obj).__name__} cannot be copied or pickled: its callers share its lock "
+        "and state; share this one, or make a new one"
+    )
 
 
 class _Forget:
@@ -873,6 +1040,9 @@ class ReadWriteMutex:
         self._readers = 0
         self._writer: Optional[int] = None
         self._writers_waiting = 0
+
+    def __reduce__(self) -> Any:
+        raise _not_copyable(self)
 
     def acquire_read_lock(self, wait: bool = True) -> bool:
         """Take a read lock; with ``wait=False`` return False if busy."""

@@ -194,7 +194,9 @@ static inline int dp_expired(double createdtime, double expiretime) {
             return 0;
     }
     age = dp_now() - createdtime;
-    return age > expiretime || -age > expiretime;
+    /* Written so that a nan expiretime (a Dogpile whose __init__ never
+       ran) is always expired. */
+    return !(age <= expiretime && -age <= expiretime);
 }
 
 /* Uniform in (0, 1], for early refresh (XFetch takes its logarithm, so 0

@@ -15,7 +15,6 @@ Monkey-patching cannot be undone, so it never happens in the pytest process.
 
 import importlib
 import json
-import os
 import signal
 import sys
 import time
@@ -387,7 +386,8 @@ def interrupt(impl, green, made):
         def run():
             wait_until(green, predicate, "the main greenlet to wait")
             green.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGINT)
+            # raise_signal, not os.kill: on Windows os.kill terminates.
+            signal.raise_signal(signal.SIGINT)
 
         return run
 

@@ -893,6 +893,11 @@ class ReadWriteMutex:
     __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting", "__weakref__")
 
     def __init__(self) -> None:
+        # Made before gevent or eventlet patched threading, this still
+        # waits cooperatively after: Condition.wait() sleeps on a lock it
+        # makes from threading's (patched) _allocate_lock at each wait, and
+        # its own lock is held only between waits, never across a yield.
+        # Owners are threading.get_ident() at each call: the greenlet.
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer: Optional[int] = None

@@ -15,6 +15,7 @@ Monkey-patching cannot be undone, so it never happens in the pytest process.
 
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -516,6 +517,68 @@ def background(impl, green, made):
     }
 
 
+def mutexes(impl, green, made):
+    """FileMutex and RedisMutex (the same module under both cores) between
+    greenlets: one greenlet holds, yielding, while another waits; and a
+    FileMutex whose file another holder has locked (another open file
+    description, as another process would have) lets other greenlets run
+    while it waits, here the one that unlocks it."""
+    report = {}
+    for name in ("file", "redis"):
+        mutex = made[name + "_mutex"]
+        log = []
+
+        def holder(mutex=mutex, log=log):
+            with mutex:
+                log.append("a in")
+                green.sleep(0.02)
+                log.append("a out")
+
+        def other(mutex=mutex, log=log):
+            green.sleep(0.005)
+            with mutex:
+                log.append("b in")
+
+        green.run(holder, other)
+        report[name] = log
+    mutex = made["file_mutex"]
+    fd = os.open(mutex.path, os.O_RDWR)
+    if sys.platform == "win32":
+        import msvcrt
+
+        # FileMutex locks byte 0 there.
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+        def unlock():
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+        def unlock():
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    ticks = []
+
+    def waiter():
+        with mutex:
+            return "got the file"
+
+    def unlocker():
+        for _ in range(5):
+            ticks.append(1)
+            green.sleep(0.005)
+        unlock()
+        os.close(fd)
+        return "unlocked"
+
+    report["file_held_elsewhere"] = [show(r) for r in green.run(waiter, unlocker)]
+    return report
+
+
 SCENARIOS = {
     "dogpile": dogpile_readers,
     "reentry": reentry,
@@ -524,6 +587,7 @@ SCENARIOS = {
     "interrupt": interrupt,
     "wait_timeout": wait_timeout,
     "background": background,
+    "mutexes": mutexes,
 }
 
 
@@ -554,6 +618,22 @@ def make(impl):
         "registry": impl.NameRegistry(registry_creator),
         "timed": impl.Dogpile(60, wait_timeout=0.05),
         "background": impl.Dogpile(0.05, background=GreenExecutor()),
+        **(make_mutexes() if SCENARIO == "mutexes" else {}),
+    }
+
+
+def make_mutexes():
+    import tempfile
+
+    import redis
+
+    from dogpile.mutexes import FileMutex, RedisMutex
+
+    client = redis.Redis.from_url(os.environ["DOGPILE_REDIS_URL"])
+    key = f"dogpile-test:greenlets:{os.getpid()}:{time.time()}"
+    return {
+        "file_mutex": FileMutex(os.path.join(tempfile.mkdtemp(), "green.lock")),
+        "redis_mutex": RedisMutex(client, key, lease=10),
     }
 
 

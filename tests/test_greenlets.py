@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 import pytest
+import redis_server
 from conftest import DEADLINE
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "green_workers.py")
@@ -51,13 +52,18 @@ def order(request):
     return request.param
 
 
-def run_child(library, impl, scenario, order):
+# The session's Redis server (see redis_server.py), for RedisMutex.
+redis_url = redis_server.redis_url
+
+
+def run_child(library, impl, scenario, order, env=None):
     try:
         proc = subprocess.run(
             [sys.executable, WORKER, library, impl.__name__, scenario, order],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{scenario} under {library} hung: killed after {TIMEOUT} s\n{exc.stderr}")
@@ -149,3 +155,19 @@ def test_a_reader_waits_for_a_background_refresh_greenlet(library, impl, order):
     assert report["stale"] == "value 1"
     assert report["results"] == ["value 2", "done"]
     assert report["creator_calls"] == 2
+
+
+def test_mutexes_between_greenlets(library, order, redis_url):
+    """FileMutex and RedisMutex: a greenlet waits while another holds and
+    yields (a mutex made before the patching blocked the OS thread on its
+    in-process lock: a hang), and a FileMutex whose file is locked
+    elsewhere lets greenlets run while it waits (a blocking flock stopped
+    them all).  The mutexes are one module for both cores, so this runs
+    once, under the Python twin's name."""
+    import dogpile._core_py as impl
+
+    env = dict(os.environ, DOGPILE_REDIS_URL=redis_url)
+    report = run_child(library, impl, "mutexes", order, env)
+    assert report["file"] == ["a in", "a out", "b in"]
+    assert report["redis"] == ["a in", "a out", "b in"]
+    assert report["file_held_elsewhere"] == ["got the file", "unlocked"]

@@ -59,7 +59,10 @@ redis_url = redis_server.redis_url
 def run_child(library, impl, scenario, order, env=None):
     try:
         proc = subprocess.run(
-            [sys.executable, WORKER, library, impl.__name__, scenario, order],
+            # -s as the parent has it: a wheel tested with `python -s`
+            # must not be shadowed by user site-packages in the child.
+            [sys.executable, *(["-s"] if sys.flags.no_user_site else []),
+             WORKER, library, impl.__name__, scenario, order],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,

@@ -105,7 +105,8 @@ run_suite() {
     local venv="$work/venv-$name" tests="$work/tests-$name"
     "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    # The test extra: pytest, and the redis client for the RedisMutex tests.
+    # The test extra: pytest, the redis client for the RedisMutex tests,
+    # gevent and eventlet.
     "$venv/bin/python" -m pip install --quiet "$wheel[test]"
     mkdir -p "$tests"
     cp -r "$work/sdist-tree/tests" "$work/sdist-tree/pyproject.toml" "$tests/"

@@ -26,6 +26,7 @@ from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.math cimport INFINITY, NAN, isnan, log
 from libc.stdint cimport uint64_t
 
+import _thread
 import logging as _logging
 import os as _os
 import threading as _threading
@@ -67,7 +68,7 @@ cdef extern from "_native_lock.h" nogil:
         long readers
         long writers_waiting
         int writer
-        unsigned long writer_ident
+        uint64_t writer_ident
     int dp_module_init()
     double dp_now()
     double dp_monotonic()
@@ -79,9 +80,10 @@ cdef extern from "_native_lock.h" nogil:
     int dp_release(dp_word *w, dp_word tag)
     int dp_word_held(dp_word *w)
     int dp_rw_read_slice(dp_rwstate *rw, double seconds)
-    int dp_rw_write_slice(dp_rwstate *rw, unsigned long ident, double seconds)
+    int dp_rw_write_slice(dp_rwstate *rw, uint64_t ident, double seconds)
+    void dp_rw_writer_waiting(dp_rwstate *rw, long delta)
     int dp_rw_read_release(dp_rwstate *rw)
-    int dp_rw_write_release(dp_rwstate *rw, unsigned long ident)
+    int dp_rw_write_release(dp_rwstate *rw, uint64_t ident)
 
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
@@ -156,6 +158,8 @@ cdef dp_word _wait_word(dp_word *word, double timeout) except? 0:
     cdef double deadline = -1.0
     if tag:
         return tag
+    if _cooperative():
+        return _green_wait(_TAKE_WORD, word, 0, timeout)
     cdef double longest = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
     if timeout >= 0:
         deadline = dp_monotonic() + timeout
@@ -174,6 +178,113 @@ cdef dp_word _wait_word(dp_word *word, double timeout) except? 0:
         PyErr_CheckSignals()
 
 
+# -- gevent and eventlet --------------------------------------------------
+#
+# After gevent.monkey.patch_all() or eventlet.monkey_patch(), "threads" are
+# greenlets sharing one OS thread.  Two things then change:
+#
+# - Who a caller is.  PyThread_get_thread_ident() names the OS thread, the
+#   same for every greenlet in it, so a greenlet waiting for another one's
+#   creator would look like that creator re-entering.  _ident() asks the
+#   (patched) _thread.get_ident(), which names the greenlet; it is looked
+#   up at each call because patching replaces the module's attribute.
+# - How a caller waits.  Sleeping the OS thread on the stripe's condition
+#   variable would stop the greenlet it waits for, for ever.  A greenlet
+#   waits instead on a Condition made from the patched threading module,
+#   which yields to the hub (and lets the hub deliver KeyboardInterrupt to
+#   the main greenlet).  Whoever frees a lock word or a ReadWriteMutex wakes
+#   the greenlets waiting on it, found by address in _gates.
+#
+# The world is looked at when a caller must wait, never before: a fresh hit
+# does no extra work, a wait without patching stays native with the GIL
+# released, and a Dogpile made before the patching (an app imported before
+# a gunicorn gevent worker patches) waits cooperatively after it.  Patched
+# means _thread.allocate_lock is no longer the C builtin: both libraries
+# replace it, it is the primitive threading builds every lock on, and the
+# test needs neither library imported, nor knows their APIs.
+
+
+cdef object _BUILTIN = type(len)
+
+# Greenlets in a cooperative wait, over all gates; a releaser that reads 0
+# here (the usual case) skips the wake-up.
+cdef Py_ssize_t _green_waiting = 0
+# Address of the lock word or dp_rwstate -> [Condition, waiting count].
+cdef dict _gates = {}
+
+
+cdef inline bint _cooperative() except -1:
+    return type(_thread.allocate_lock) is not _BUILTIN
+
+
+cdef inline uint64_t _ident() except? 0:
+    return _thread.get_ident()
+
+
+# What a cooperative waiter tries to take, without waiting.
+cdef enum:
+    _TAKE_WORD = 0
+    _TAKE_READ = 1
+    _TAKE_WRITE = 2
+
+
+cdef inline uint64_t _take_now(int kind, void *target, uint64_t ident) noexcept:
+    if kind == _TAKE_WORD:
+        return dp_try_acquire(<dp_word *>target)
+    if kind == _TAKE_READ:
+        return dp_rw_read_slice(<dp_rwstate *>target, 0)
+    return dp_rw_write_slice(<dp_rwstate *>target, ident, 0)
+
+
+cdef uint64_t _green_wait(int kind, void *target, uint64_t ident, double timeout) except? 0:
+    """Take ``target`` the way ``kind`` says, yielding to the hub while it
+    is busy: its tag (or 1), or 0 once ``timeout`` seconds (< 0: no limit)
+    have passed.  No lost wake-up: the waiter counts itself in before it
+    tries, and holds the gate's lock from its try until wait() releases it;
+    a releaser frees first, then reads the count and notifies under that
+    lock."""
+    global _green_waiting
+    cdef uint64_t got
+    cdef double deadline = dp_monotonic() + timeout if timeout >= 0 else -1.0
+    cdef double left
+    key = <Py_ssize_t>target
+    gate = _gates.get(key)
+    if gate is None:
+        # Made now, from the patched module; setdefault, because making it
+        # ran Python code, where another thread may have made one.
+        gate = _gates.setdefault(key, [_threading.Condition(_threading.Lock()), 0])
+    gate[1] += 1
+    _green_waiting += 1
+    try:
+        cond = gate[0]
+        with cond:
+            while True:
+                got = _take_now(kind, target, ident)
+                if got:
+                    return got
+                if deadline < 0:
+                    cond.wait()
+                else:
+                    left = deadline - dp_monotonic()
+                    if left <= 0:
+                        return 0
+                    cond.wait(left)
+    finally:
+        _green_waiting -= 1
+        gate[1] -= 1
+        if gate[1] == 0 and _gates.get(key) is gate:
+            del _gates[key]
+
+
+cdef int _green_wake(void *target) except -1:
+    gate = _gates.get(<Py_ssize_t>target)
+    if gate is not None:
+        cond = gate[0]
+        with cond:
+            cond.notify_all()
+    return 0
+
+
 # States of a creation attempt.
 cdef enum:
     _PENDING = 0
@@ -186,7 +297,7 @@ cdef enum:
 cdef class _Attempt:
     """One run of a creator, as seen by the callers waiting for it."""
 
-    cdef unsigned long owner
+    cdef uint64_t owner       # _ident() of the caller running the creator
     cdef dp_word generation
     cdef int state
     cdef object result
@@ -221,7 +332,7 @@ cdef class _Attempt:
 
 cdef _Attempt _new_attempt():
     cdef _Attempt attempt = _Attempt.__new__(_Attempt)
-    attempt.owner = PyThread_get_thread_ident()
+    attempt.owner = _ident()
     attempt.generation = dp_generation
     attempt.state = _PENDING
     return attempt
@@ -467,6 +578,8 @@ cdef int _give(Dogpile self, dp_word tag) except -1:
         self._opts.lock.release()
     elif dp_release(&self._word, tag) < 0:
         raise LockError("Dogpile released a creation lock it did not hold")
+    elif _green_waiting:
+        _green_wake(&self._word)
     return 0
 
 
@@ -492,7 +605,7 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                 # Left by a thread of the parent process: it will never
                 # finish here, and its owner's ident may be reused.
                 attempt = None
-            if attempt is not None and attempt.owner == PyThread_get_thread_ident():
+            if attempt is not None and attempt.owner == _ident():
                 raise LockError(
                     "Dogpile.acquire() called again from inside its own creator: "
                     "waiting for the value would wait for this very call"
@@ -941,6 +1054,7 @@ cdef class NameRegistry:
     cdef public object creator
     cdef dict _values
     cdef object _mutex
+    cdef object _made_with  # _thread.allocate_lock when _mutex was made
     cdef object __weakref__
 
     def __cinit__(self):
@@ -948,6 +1062,7 @@ cdef class NameRegistry:
         self._values = {}
         # Reentrant: a creator may look up another identifier.
         self._mutex = _threading.RLock()
+        self._made_with = _thread.allocate_lock
 
     def __init__(self, creator):
         check_callable("creator", creator)
@@ -963,6 +1078,14 @@ cdef class NameRegistry:
         return self._sync_get(identifier, args, kw)
 
     cdef object _sync_get(self, object identifier, tuple args, dict kw):
+        if _thread.allocate_lock is not self._made_with:
+            # gevent or eventlet patched threading after this registry was
+            # made: its RLock belongs to the OS thread, which every greenlet
+            # shares, so it would let them all in at once.  A new one, made
+            # from the patched module, tells them apart.  (Nothing holds the
+            # old one: every acquisition since the patching came here first.)
+            self._mutex = _threading.RLock()
+            self._made_with = _thread.allocate_lock
         with self._mutex:
             ref = self._values.get(identifier)
             if ref is not None:
@@ -1023,6 +1146,8 @@ cdef class ReadWriteMutex:
             return True
         if not wait:
             return False
+        if _cooperative():
+            return _green_wait(_TAKE_READ, &self._state, 0, -1.0)
         slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
         while True:
             with nogil:
@@ -1034,16 +1159,28 @@ cdef class ReadWriteMutex:
     cdef int _release_read(self) except -1:
         if dp_rw_read_release(&self._state) < 0:
             raise LockError("release_read_lock(): no read lock is held")
+        if _green_waiting:
+            _green_wake(&self._state)
         return 0
 
     cdef bint _acquire_write(self, bint wait) except -1:
         cdef double slice
         cdef int got
-        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef uint64_t me = _ident()
         if dp_rw_write_slice(&self._state, me, 0):
             return True
         if not wait:
             return False
+        if _cooperative():
+            # Counted as waiting for the whole wait, not per try, so that
+            # new readers keep waiting behind this writer.
+            dp_rw_writer_waiting(&self._state, 1)
+            try:
+                return _green_wait(_TAKE_WRITE, &self._state, me, -1.0)
+            finally:
+                dp_rw_writer_waiting(&self._state, -1)
+                if _green_waiting:
+                    _green_wake(&self._state)
         slice = _SIGNAL_SLICE if _in_main_thread() else _FOREVER
         while True:
             with nogil:
@@ -1053,8 +1190,10 @@ cdef class ReadWriteMutex:
             PyErr_CheckSignals()
 
     cdef int _release_write(self) except -1:
-        if dp_rw_write_release(&self._state, PyThread_get_thread_ident()) < 0:
+        if dp_rw_write_release(&self._state, _ident()) < 0:
             raise LockError(
                 "release_write_lock(): this thread does not hold the write lock"
             )
+        if _green_waiting:
+            _green_wake(&self._state)
         return 0

@@ -5,6 +5,7 @@ same classes, same signatures, same docstrings, same behaviour.  Where the
 two differ, one of them has a bug.  ``import dogpile`` picks one of them.
 """
 
+import _thread
 import copy
 import logging
 import math
@@ -52,6 +53,14 @@ _NO_VALUE: Any = object()
 # generation has moved on (see Dogpile._mutex_now).
 _fork_generation = 0
 _fork_guard = threading.Lock()
+# gevent's and eventlet's monkey-patching replace _thread.allocate_lock, and
+# with it every lock threading makes from then on.  A lock made before (a
+# Dogpile built at import, before a gunicorn gevent worker patches) blocks
+# the whole OS thread, and every greenlet with it, so a change here also
+# starts a new generation: the next caller to need the lock makes a new,
+# patched one.  (The compiled core, whose lock is a word and not an object,
+# decides at wait time instead; see _core.pyx.)
+_lock_factory = _thread.allocate_lock
 
 
 def _after_fork_in_child() -> None:
@@ -346,9 +355,15 @@ class Dogpile(_StateFirst):
         return age - delta * self._beta * math.log(1.0 - _random()) >= expiretime
 
     def _mutex_now(self) -> Any:
-        if self._custom_lock or self._lock_generation == _fork_generation:
+        global _fork_generation, _lock_factory
+        if self._custom_lock or (
+            self._lock_generation == _fork_generation and _thread.allocate_lock is _lock_factory
+        ):
             return self._lock
         with _fork_guard:
+            if _thread.allocate_lock is not _lock_factory:
+                _lock_factory = _thread.allocate_lock
+                _fork_generation += 1
             if self._lock_generation != _fork_generation:
                 self._lock = threading.Lock()
                 self._lock_generation = _fork_generation
@@ -943,13 +958,14 @@ class NameRegistry(_StateFirst):
     the object must support weak references.
     """
 
-    __slots__ = ("creator", "_values", "_mutex", "__weakref__")
+    __slots__ = ("creator", "_values", "_mutex", "_made_with", "__weakref__")
 
     def _fresh_state(self) -> None:
         self.creator: Callable[..., Any] = None  # type: ignore[assignment]  # until __init__
         self._values: dict[Any, weakref.ref[Any]] = {}
         # Reentrant: a creator may look up another identifier.
         self._mutex = threading.RLock()
+        self._made_with = _thread.allocate_lock
 
     def __init__(self, creator: Callable[..., Any]) -> None:
         check_callable("creator", creator)
@@ -965,6 +981,14 @@ class NameRegistry(_StateFirst):
         return self._sync_get(identifier, args, kw)
 
     def _sync_get(self, identifier: Any, args: Any, kw: Any) -> Any:
+        if _thread.allocate_lock is not self._made_with:
+            # gevent or eventlet patched threading after this registry was
+            # made: its RLock belongs to the OS thread, which every greenlet
+            # shares, so it would let them all in at once.  A new one, made
+            # from the patched module, tells them apart.  (Nothing holds the
+            # old one: every acquisition since the patching came here first.)
+            self._mutex = threading.RLock()
+            self._made_with = _thread.allocate_lock
         with self._mutex:
             ref = self._values.get(identifier)
             if ref is not None:
@@ -1036,6 +1060,11 @@ class ReadWriteMutex:
     __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting", "__weakref__")
 
     def __init__(self) -> None:
+        # Made before gevent or eventlet patched threading, this still
+        # waits cooperatively after: Condition.wait() sleeps on a lock it
+        # makes from threading's (patched) _allocate_lock at each wait, and
+        # its own lock is held only between waits, never across a yield.
+        # Owners are threading.get_ident() at each call: the greenlet.
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer: Optional[int] = None

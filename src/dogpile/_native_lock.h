@@ -418,7 +418,10 @@ typedef struct {
     long readers;
     long writers_waiting;
     int writer;
-    unsigned long writer_ident;
+    /* The holder as threading.get_ident() names it: an OS thread ident, or
+       under gevent/eventlet monkey-patching the id() of a greenlet, which
+       needs 64 bits where unsigned long has 32 (Windows). */
+    uint64_t writer_ident;
 } dp_rwstate;
 
 /* Each returns 1 when taken, 0 when not (busy, or the slice ran out). */
@@ -449,7 +452,7 @@ static int dp_rw_read_slice(dp_rwstate *rw, double seconds) {
     return got;
 }
 
-static int dp_rw_write_slice(dp_rwstate *rw, unsigned long ident, double seconds) {
+static int dp_rw_write_slice(dp_rwstate *rw, uint64_t ident, double seconds) {
     dp_stripe *s = dp_stripe_for(rw);
     int got = 0;
     double end = -1;
@@ -482,6 +485,19 @@ static int dp_rw_write_slice(dp_rwstate *rw, unsigned long ident, double seconds
     return got;
 }
 
+/* A writer waiting outside dp_rw_write_slice (a greenlet, waiting
+   cooperatively between zero-second slices) counts itself in with +1 for
+   the whole wait, so that new readers keep waiting behind it, and out with
+   -1 whatever ended the wait; readers it held back are then woken. */
+static void dp_rw_writer_waiting(dp_rwstate *rw, long delta) {
+    dp_stripe *s = dp_stripe_for(rw);
+    dp_stripe_lock(s);
+    rw->writers_waiting += delta;
+    if (rw->writers_waiting == 0 && dp_load_long(&s->waiters) > 0)
+        dp_stripe_wake_all(s);
+    dp_stripe_unlock(s);
+}
+
 /* Returns 0, or -1 when no read lock is held. */
 static int dp_rw_read_release(dp_rwstate *rw) {
     dp_stripe *s = dp_stripe_for(rw);
@@ -496,7 +512,7 @@ static int dp_rw_read_release(dp_rwstate *rw) {
 }
 
 /* Returns 0, or -1 when `ident` does not hold the write lock. */
-static int dp_rw_write_release(dp_rwstate *rw, unsigned long ident) {
+static int dp_rw_write_release(dp_rwstate *rw, uint64_t ident) {
     dp_stripe *s = dp_stripe_for(rw);
     int r = 0;
     dp_stripe_lock(s);

@@ -22,6 +22,7 @@ The ``redis`` package is an optional extra (``pip install
 "dogpile[redis]"``), imported only when a RedisMutex is made.
 """
 
+import _thread
 import inspect
 import math
 import os
@@ -115,6 +116,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# gevent and eventlet.  Monkey-patching replaces _thread.allocate_lock (the
+# compiled core tests the same thing, see _core.pyx).  Each mutex queues this
+# process's callers on an in-process lock; one made before the patching (a
+# mutex built at import, before a gunicorn gevent worker patches) would block
+# the OS thread, and with it the greenlet holding the mutex: acquire() makes
+# new ones first (nothing holds the old ones: every acquisition since the
+# patching came through here).  And a blocking flock() would stop every
+# greenlet until another process unlocks: FileMutex polls instead.
+_BUILTIN: Any = type(len)
+
+
+def _cooperative() -> bool:
+    return type(_thread.allocate_lock) is not _BUILTIN
+
+
 class _MutexBase:
     __slots__ = ()
 
@@ -202,7 +218,7 @@ class FileMutex(_MutexBase):
     serialized by an in-process lock before they reach the file.
     """
 
-    __slots__ = ("_path", "_local", "_guard", "_fd", "__weakref__")
+    __slots__ = ("_path", "_local", "_guard", "_made_with", "_fd", "__weakref__")
 
     def __init__(self, path: "Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]") -> None:
         try:
@@ -219,6 +235,7 @@ class FileMutex(_MutexBase):
         os.close(self._open())
         self._local = threading.Lock()
         self._guard = threading.Lock()
+        self._made_with = _thread.allocate_lock
         # The open, locked descriptor while held; in a list so that the
         # finalizer below can close it without keeping the mutex alive.
         self._fd: List[Optional[int]] = [None]
@@ -239,6 +256,10 @@ class FileMutex(_MutexBase):
         """Take the lock, waiting if ``blocking`` (at most ``timeout``
         seconds unless it is -1); return whether it was taken."""
         deadline = _deadline(blocking, timeout)
+        if _thread.allocate_lock is not self._made_with:
+            self._local = threading.Lock()
+            self._guard = threading.Lock()
+            self._made_with = _thread.allocate_lock
         if not self._local.acquire(bool(blocking), _remaining(deadline)):
             return False
         try:
@@ -266,10 +287,11 @@ class FileMutex(_MutexBase):
             return True
         if not blocking:
             return False
-        if deadline is None:
+        if deadline is None and not _cooperative():
             _wait_lock_file(fd)
             return True
-        # flock has no timeout: poll.
+        # flock has no timeout, and under gevent or eventlet must not block
+        # the OS thread: poll (time.sleep is then the hub's).
         delay: Optional[float] = _BACKOFF_FIRST
         while True:
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
@@ -514,7 +536,7 @@ class RedisMutex(_MutexBase, _RedisKey):
     the server's address in its message, and nothing is left locked.
     """
 
-    __slots__ = ("_local", "_guard")
+    __slots__ = ("_local", "_guard", "_made_with")
 
     def __init__(
         self,
@@ -547,6 +569,7 @@ class RedisMutex(_MutexBase, _RedisKey):
         self._set_key(client, name, lease, auto_renew)
         self._local = threading.Lock()
         self._guard = threading.Lock()
+        self._made_with = _thread.allocate_lock
         # The current acquisition's renewal, in a list so that the finalizer
         # can stop it without keeping the mutex alive.
         self._renewal: List[Optional[_Renewal]] = [None]
@@ -557,6 +580,10 @@ class RedisMutex(_MutexBase, _RedisKey):
         """Take the lock, waiting if ``blocking`` (at most ``timeout``
         seconds unless it is -1); return whether it was taken."""
         deadline = _deadline(blocking, timeout)
+        if _thread.allocate_lock is not self._made_with:
+            self._local = threading.Lock()
+            self._guard = threading.Lock()
+            self._made_with = _thread.allocate_lock
         # Threads of this process queue here, without touching the server,
         # and only one of them at a time polls the key.
         if not self._local.acquire(bool(blocking), _remaining(deadline)):

@@ -35,12 +35,12 @@ if importlib.util.find_spec("dogpile.cache") is None:
     )
 
 import redis_server
+
+import dogpile
 from dogpile.cache import make_region
 from dogpile.cache import region as region_module
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.proxy import ProxyBackend
-
-import dogpile
 
 # Long enough never to run out during a test; "expired" values are made by
 # soft invalidation or a per-call expiration_time, never by waiting.
@@ -177,7 +177,8 @@ def _maker(backend):
         # Closed here, not when collected: an unclosed socket is a
         # ResourceWarning, an error in this suite.
         for region in regions:
-            for client in {region.actual_backend.writer_client, region.actual_backend.reader_client}:
+            backend = region.actual_backend
+            for client in {backend.writer_client, backend.reader_client}:
                 client.connection_pool.disconnect()
 
 

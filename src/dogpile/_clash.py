@@ -49,8 +49,8 @@ def _check_package() -> None:
     where = list(getattr(package, "__path__", []) or ["?"])[0]
     warnings.warn(
         f"the dogpile package in {where} {problem}: this project's dogpile is broken there. "
-        f"Reinstall it over dogpile.cache: `{_REINSTALL}` (dogpile.cache then runs on its "
-        f"Lock), or uninstall both and install only the one you need.",
+        f"Reinstall it: `{_REINSTALL}` (installed last, it owns __init__.py, and "
+        f"dogpile.cache, if installed, runs on its Lock).",
         DogpileCacheConflictWarning,
         stacklevel=2,
     )

@@ -101,6 +101,7 @@ class optional_build_ext(build_ext):
 
 
 def extensions():
+    # build_backend/dogpile_build.py asks for Cython on the same condition.
     if NO_EXTENSIONS or sys.implementation.name != "cpython":
         return []
     return [

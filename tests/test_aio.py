@@ -1777,28 +1777,6 @@ def test_async_redis_mutex_across_processes_one_creation(impl, redis_url, redis_
     assert redis_client.exists(prefix + "lock") == 0, "the lock was left held"
 
 
-# -- python -m dogpile --asyncio (_demo_aio) ------------------------------------------------
-
-
-@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
-def test_the_asyncio_demo_shows_one_backend_call_per_expiry(pure):
-    from dogpile._demo import Config
-    from dogpile._demo_aio import async_dogpile_class_for, run_asyncio
-
-    config = Config(threads=64, duration=0.6, expire=0.1, backend_ms=20.0, pure=pure)
-    unprotected, protected = run_asyncio(config)
-    assert (unprotected.name, protected.name) == ("unprotected", "dogpile")
-    assert unprotected.reads > 0 and protected.reads > 0
-    # Unprotected, every task that finds the value expired calls the backend.
-    assert unprotected.backend_calls > 3 * protected.backend_calls
-    assert protected.calls_per_expiry <= 1.5
-    assert protected.stale > 0
-    cls = async_dogpile_class_for(pure)
-    expected = "dogpile._core_py" if pure or dogpile.IMPLEMENTATION == "python" else None
-    if expected is not None:
-        assert cls._is_expired.__module__ == expected
-
-
 # -- AsyncLock: dogpile.cache's contract (its dogpile/lock.py), point by point ------------------
 
 

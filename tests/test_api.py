@@ -42,6 +42,21 @@ def test_chosen_classes_match_implementation():
         assert getattr(dogpile, name).__module__ == module, name
 
 
+def test_load_core_gives_the_chosen_core_and_the_twin_by_name():
+    """The one loader ``import dogpile``, the demo's --pure and the tests'
+    impl fixture share."""
+    chosen = dogpile._load_core(dogpile.IMPLEMENTATION)
+    assert chosen.Dogpile is dogpile.Dogpile
+    assert dogpile._load_core("python").__name__ == "dogpile._core_py"
+
+
+def test_load_core_names_a_bad_implementation_and_the_good_ones():
+    with pytest.raises(ValueError) as info:
+        dogpile._load_core("pypy")
+    message = str(info.value)
+    assert "'pypy'" in message and "'cython'" in message and "'python'" in message
+
+
 def test_exceptions_are_exceptions():
     assert issubclass(dogpile.NeedRegenerationException, Exception)
     assert issubclass(dogpile.LockError, Exception)

@@ -18,7 +18,7 @@ import redis_server
 from redis_server import free_port
 
 import dogpile
-from dogpile import _demo
+from dogpile.demo import cli, model, tasks
 
 # The session's Redis server, as fixtures of this module (see redis_server.py).
 redis_url = redis_server.redis_url
@@ -131,6 +131,29 @@ def test_default_run(tmp_path):
     assert set(table_rows(result.stdout)) == {"unprotected", "dogpile"}
 
 
+def test_a_reader_gone_away_ends_the_run_without_a_traceback(tmp_path):
+    """``python -m dogpile | head -1``: once stdout's reader has gone, the
+    demo stops with status 1 and says nothing more (the pipe is closed
+    before the demo starts, so its first line already fails)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "dogpile", *SMALL],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=package_parent),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == ""
+
+
 def test_help_explains_each_option(tmp_path):
     result = run_demo(tmp_path, "--help")
     assert result.returncode == 0
@@ -169,18 +192,38 @@ def test_bad_values_get_one_line_and_status_2(tmp_path, args):
 
 
 def test_error_names_the_option_and_the_value(capsys):
-    assert _demo.main(["--threads", "0"]) == 2
+    assert cli.main(["--threads", "0"]) == 2
     err = capsys.readouterr().err
     assert "--threads" in err and "0" in err
 
 
+def test_the_runtime_does_not_load_the_demo(tmp_path):
+    """The demo is a package of its own, loaded by ``python -m dogpile``
+    only: importing the library's modules leaves it out."""
+    script = (
+        "import sys, dogpile, dogpile.aio, dogpile.mutexes\n"
+        "print(sorted(m for m in sys.modules if m.startswith('dogpile.demo')))\n"
+    )
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=package_parent),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_percentile_is_nearest_rank():
     values = [float(i) for i in range(1, 101)]
-    assert _demo.percentile(values, 50) == 50.0
-    assert _demo.percentile(values, 99) == 99.0
-    assert _demo.percentile(values, 100) == 100.0
-    assert _demo.percentile([7.0], 99) == 7.0
-    assert _demo.percentile([], 50) == 0.0
+    assert model.percentile(values, 50) == 50.0
+    assert model.percentile(values, 99) == 99.0
+    assert model.percentile(values, 100) == 100.0
+    assert model.percentile([7.0], 99) == 7.0
+    assert model.percentile([], 50) == 0.0
 
 
 # -- across processes, through Redis --------------------------------------------------
@@ -238,7 +281,7 @@ def test_an_unreachable_redis_gets_one_line_naming_it_and_status_2(tmp_path):
 
 @needs_redis_client
 def test_a_password_in_a_bad_url_is_not_printed(capsys):
-    assert _demo.main(["--redis", "foo://user:hunter2@host"]) == 2
+    assert cli.main(["--redis", "foo://user:hunter2@host"]) == 2
     err = capsys.readouterr().err
     assert "hunter2" not in err and "***" in err
 
@@ -246,7 +289,7 @@ def test_a_password_in_a_bad_url_is_not_printed(capsys):
 def test_redis_without_the_client_says_which_extra_to_install(tmp_path):
     script = (
         "import sys; sys.modules['redis'] = None\n"
-        "from dogpile._demo import main\n"
+        "from dogpile.demo import main\n"
         "sys.exit(main(['--redis', 'redis://127.0.0.1:6379/0']))\n"
     )
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(dogpile.__file__)))
@@ -262,3 +305,24 @@ def test_redis_without_the_client_says_which_extra_to_install(tmp_path):
     assert result.stderr.strip().splitlines() == [
         'python -m dogpile: error: --redis needs the redis client: pip install "dogpile[redis]"'
     ]
+
+
+# -- --asyncio, in this process --------------------------------------------------------
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure"])
+def test_the_asyncio_demo_shows_one_backend_call_per_expiry(pure):
+    config = model.Config(threads=64, duration=0.6, expire=0.1, backend_ms=20.0, pure=pure)
+    unprotected, protected = tasks.run_tasks(config)
+    assert (unprotected.name, protected.name) == ("unprotected", "dogpile")
+    assert unprotected.reads > 0 and protected.reads > 0
+    # Unprotected, every task that finds the value expired calls the backend.
+    assert unprotected.backend_calls > 3 * protected.backend_calls
+    assert protected.calls_per_expiry <= 1.5
+    assert protected.stale > 0
+    # Over the twin for --pure, over the core ``import dogpile`` chose otherwise.
+    cls = tasks.async_dogpile_class(pure)
+    expected = "python" if pure else dogpile.IMPLEMENTATION
+    assert cls._is_expired.__module__ == {
+        "python": "dogpile._core_py", "cython": "dogpile._core"
+    }[expected]

@@ -1,8 +1,8 @@
-"""``python -m dogpile``: the stampede demonstration (see ``_demo``)."""
+"""``python -m dogpile``: the stampede demonstration (see ``dogpile.demo``)."""
 
 import sys
 
-from ._demo import main
+from .demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

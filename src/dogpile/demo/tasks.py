@@ -1,24 +1,25 @@
-"""``python -m dogpile --asyncio``: the stampede demonstration with tasks.
-
-The same load as ``_demo``'s, in one event loop: ``config.threads`` reader
-tasks read one cached value in front of a slow backend (``await
-asyncio.sleep``) that expires every ``config.expire`` seconds, once
-unprotected and once through one ``AsyncDogpile``.  ``run_asyncio(config)``
-returns the two rows of ``_demo``'s table.
+"""The task load (``--asyncio``): ``config.threads`` reader tasks of one
+event loop read one cached value in front of a slow backend (``await
+asyncio.sleep``), unprotected and through one ``AsyncDogpile``.
 """
 
 import asyncio
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Tuple
 
-from . import NeedRegenerationException
-from ._demo import THINK_SECONDS, Config, DemoError, Record, RunResult, summarize
-
-_KEY = "value"
-
-# A reader task is never inside a read for more than one backend call, so
-# the tasks are done this long after the run ends unless something is broken.
-JOIN_GRACE_SECONDS = 5.0
+from .. import NeedRegenerationException
+from .model import (
+    JOIN_GRACE_SECONDS,
+    KEY,
+    RUNS,
+    THINK_SECONDS,
+    Config,
+    DemoError,
+    Record,
+    RunResult,
+    core,
+    summarize,
+)
 
 
 class AsyncBackend:
@@ -41,10 +42,10 @@ def unprotected_reader(
     """Every task that finds the value missing or expired refreshes it."""
 
     async def read() -> Record:
-        record = cache.get(_KEY)
+        record = cache.get(KEY)
         if record is None or time.time() - record.created > expire:
             record = Record(await backend.fetch(), time.time())
-            cache[_KEY] = record
+            cache[KEY] = record
         return record
 
     return read
@@ -58,14 +59,14 @@ def dogpile_reader(
     lock = dogpile_class(expire)
 
     def value_and_created() -> Tuple[Record, float]:
-        record = cache.get(_KEY)
+        record = cache.get(KEY)
         if record is None:
             raise NeedRegenerationException()
         return record, record.created
 
     async def create() -> Tuple[Record, float]:
         record = Record(await backend.fetch(), time.time())
-        cache[_KEY] = record
+        cache[KEY] = record
         return record, record.created
 
     async def read() -> Record:
@@ -116,7 +117,7 @@ async def read_for(
 
 async def _run_both(config: Config, dogpile_class: Any) -> List[RunResult]:
     results = []
-    for name in ("unprotected", "dogpile"):
+    for name in RUNS:
         backend = AsyncBackend(config.backend_ms / 1000.0)
         if name == "unprotected":
             read = unprotected_reader({}, backend, config.expire)
@@ -127,19 +128,15 @@ async def _run_both(config: Config, dogpile_class: Any) -> List[RunResult]:
     return results
 
 
-def async_dogpile_class_for(pure: bool) -> Any:
-    """AsyncDogpile over the core ``import dogpile`` chose, or over the
-    Python twin for ``--pure`` (see _demo.dogpile_class_for)."""
-    from . import aio
+def async_dogpile_class(pure: bool) -> Any:
+    """AsyncDogpile over the core to demonstrate (see model.core): over
+    the one ``import dogpile`` chose, the public class itself."""
+    from .. import aio
 
-    if pure:
-        from . import _core_py
-
-        return aio._build(_core_py).AsyncDogpile
-    return aio.AsyncDogpile
+    return aio._build(core(pure)[0]).AsyncDogpile
 
 
-def run_asyncio(config: Config) -> List[RunResult]:
+def run_tasks(config: Config) -> List[RunResult]:
     """Run the unprotected and the AsyncDogpile load, ``config.threads``
     tasks each, in a new event loop; return their rows."""
-    return asyncio.run(_run_both(config, async_dogpile_class_for(config.pure)))
+    return asyncio.run(_run_both(config, async_dogpile_class(config.pure)))

@@ -122,3 +122,32 @@ def lint(session: nox.Session) -> None:
 def check_wheel(session: nox.Session) -> None:
     """scripts/check_wheel.sh with the interpreter running nox."""
     session.run("bash", "scripts/check_wheel.sh", env={"PYTHON": sys.executable})
+
+
+@nox.session(name="dogpile_cache", python=PYTHONS[-1])
+def dogpile_cache(session: nox.Session) -> None:
+    """dogpile.cache on this project's Lock, in a venv of its own: the real
+    dogpile.cache from PyPI installed first, this project's compiled wheel
+    over it (so its ``dogpile/__init__.py`` wins, and dogpile.cache's region
+    takes ``Lock`` from it).  tests/test_with_dogpile_cache.py runs twice,
+    since dogpile.cache's region binds the Lock at import: on the compiled
+    core, then with ``DOGPILE_NO_EXTENSIONS=1`` on the Python twin; it needs
+    the redis-server that ``DOGPILE_REDIS_URL`` names.  Then
+    scripts/dogpile_cache_installs.py: each install order, uninstall and
+    upgrade, in fresh venvs."""
+    wheel = _wheel_from_sdist(session)
+    session.install("dogpile.cache[redis]")
+    session.install(f"{wheel}[test]")
+    test = ["python", "-m", "pytest", "-p", "no:cacheprovider", "tests/test_with_dogpile_cache.py"]
+    require = {"DOGPILE_REQUIRE_DOGPILE_CACHE": "1", "DOGPILE_REQUIRE_REDIS": "1"}
+    session.run(
+        *test,
+        *session.posargs,
+        env={**require, "DOGPILE_NO_EXTENSIONS": None, "DOGPILE_EXPECT_IMPLEMENTATION": "cython"},
+    )
+    session.run(
+        *test,
+        *session.posargs,
+        env={**require, "DOGPILE_NO_EXTENSIONS": "1", "DOGPILE_EXPECT_IMPLEMENTATION": "python"},
+    )
+    session.run("python", "scripts/dogpile_cache_installs.py", wheel)

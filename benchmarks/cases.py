@@ -271,6 +271,21 @@ def _no_calls(creator: CallCounter) -> Callable[[], None]:
     return check
 
 
+REGION_HIT = 'region.get_or_create("key", creator)'
+
+
+@contextmanager
+def region_hit(make_region: Callable[[], Any]) -> Iterator[Case]:
+    """dogpile.cache's ``region.get_or_create``, a fresh hit on the memory
+    backend: timed by peer.py over dogpile.cache's Lock, and by
+    region_over_ours.py over ours (not a CASES entry: it needs dogpile.cache)."""
+    region = make_region().configure("dogpile.cache.memory", expiration_time=FRESH_SECONDS)
+    region.set("key", "value")
+    creator = CallCounter("new")
+    assert region.get_or_create("key", creator) == "value"
+    yield Case(REGION_HIT, {"region": region, "creator": creator}, _no_calls(creator))
+
+
 # name -> (factory over an implementation module, the name compare.py and
 # the pytest-benchmark groups show)
 CASES = {

@@ -165,6 +165,43 @@ def run_peer(settings: Settings) -> Dict[str, Any]:
     return result
 
 
+def run_region_over_ours(settings: Settings) -> Dict[str, Dict[str, Any]]:
+    """dogpile.cache's region.get_or_create over our Lock, per implementation
+    (region_over_ours.py, with dogpile.cache's files from PEER_VENV)."""
+    where = _run_peer_python("-c", "import dogpile, os; print(os.path.dirname(dogpile.__file__))")
+    if where.returncode != 0:
+        raise SystemExit(f"compare.py: no dogpile.cache in {PEER_VENV}:\n{where.stderr}")
+    results = {}
+    for impl in IMPLEMENTATIONS:
+        log(f"timing dogpile.cache's region over our Lock [{impl}]")
+        env = {k: v for k, v in os.environ.items() if k != "DOGPILE_NO_EXTENSIONS"}
+        if impl == "python":
+            env["DOGPILE_NO_EXTENSIONS"] = "1"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-s",
+                str(HERE / "region_over_ours.py"),
+                where.stdout.strip(),
+                "--repeats",
+                str(settings.repeats),
+                "--chunk-seconds",
+                str(settings.chunk_seconds),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=str(HERE),
+            env=env,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"compare.py: region_over_ours.py failed:\n{done.stderr}")
+        result: Dict[str, Any] = json.loads(done.stdout)
+        if result["implementation"] != impl:
+            raise SystemExit(f"compare.py: region_over_ours.py ran {result['implementation']}")
+        results[impl] = result["times"]
+    return results
+
+
 # -- our side ------------------------------------------------------------------------
 
 
@@ -246,6 +283,7 @@ def build_rows(
     threads: Dict[str, Dict[int, Dict[str, float]]],
     herd: Dict[str, Dict[str, Any]],
     mem: Dict[str, Dict[str, float]],
+    region: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> List[Row]:
     rows: List[Row] = []
     t = {name: r["median_ns"] for name, r in micro.items()}
@@ -302,6 +340,16 @@ def build_rows(
     if peer:
         single("lock_stale", peer_name, lambda impl: theirs("lock_stale"))
         single("registry_get", peer_name, lambda impl: theirs("registry_get"), at_most(1 / 3))
+    if peer and region:
+        # Issue 11: no target, the Lock is a small part of a region call.
+        for impl, times in region.items():
+            over = times["region_hit"]["median_ns"] * bare / times["bare_lock"]["median_ns"]
+            row(
+                f"region.get_or_create, fresh hit, memory backend, over our Lock [{impl}]",
+                over,
+                f"{peer_name} alone",
+                theirs("region_hit"),
+            )
     single("acquire_first", "bare lock", lambda impl: bare)
     if peer:
         single("lock_first", peer_name, lambda impl: theirs("lock_first"))
@@ -449,6 +497,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
 
     peer = None if args.no_peer else run_peer(settings)
+    region = None if args.no_peer else run_region_over_ours(settings)
     log("single-threaded cases")
     micro = run_micro(settings)
     log("contention")
@@ -469,7 +518,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     log("asyncio")
     aio = aio_cases.run(settings.repeats, settings.chunk_seconds)
 
-    rows = build_rows(micro, peer, threads, herd, mem)
+    rows = build_rows(micro, peer, threads, herd, mem, region)
     rows.extend(Row(**r) for r in aio_cases.table_rows(aio))
     python = f"{platform.python_implementation()} {platform.python_version()}"
     print(
@@ -516,6 +565,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "settings": settings.__dict__,
                     "micro": micro,
                     "peer": peer,
+                    "region_over_ours": region,
                     "contention": {
                         impl: {str(n): r for n, r in per.items()} for impl, per in threads.items()
                     },

@@ -22,6 +22,7 @@ from typing import Any, Dict
 try:
     import dogpile
     import dogpile.cache  # fails unless this is dogpile.cache's environment
+    from dogpile.cache import make_region
     from dogpile.cache.region import CacheRegion
     from dogpile.util import NameRegistry
 except ImportError as exc:
@@ -51,6 +52,7 @@ def timings(repeats: int, chunk_seconds: float) -> Dict[str, Any]:
         "lock_stale": lambda: cases.lock_stale(dogpile),
         "lock_first": lambda: cases.lock_first_creation(dogpile),
         "registry_get": registry_get,
+        "region_hit": lambda: cases.region_hit(make_region),
     }
     with contextlib.ExitStack() as stack:
         made = {name: stack.enter_context(make()) for name, make in factories.items()}

@@ -1775,3 +1775,131 @@ def test_async_redis_mutex_across_processes_one_creation(impl, redis_url, redis_
     assert all(r["values"] == ["made-1"] for r in results), results
     assert sum(r["stats"]["created"] for r in results) == 1
     assert redis_client.exists(prefix + "lock") == 0, "the lock was left held"
+
+
+# -- AsyncLock: dogpile.cache's contract (its dogpile/lock.py), point by point ------------------
+
+
+class _Calls:
+    """value_and_created_fn answering from a list (a coroutine), creator
+    and async_creator counting their calls."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.reads = 0
+        self.created = 0
+        self.handed = []
+
+    async def read(self):
+        self.reads += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer is None:
+            raise NeedRegenerationException()
+        return answer
+
+    async def creator(self):
+        self.created += 1
+        return ("new", time.time())
+
+    def async_creator(self, mutex):
+        self.handed.append((mutex, mutex.locked()))
+        mutex.release()
+
+
+def test_async_lock_expired_value_taken_without_waiting_is_not_read_again(AsyncLock):
+    """Point 1: one value_and_created_fn call per regeneration."""
+
+    async def main():
+        for with_async_creator in (False, True):
+            calls = _Calls(("old", time.time() - 3600))
+            mutex = asyncio.Lock()
+            extra = [calls.async_creator] if with_async_creator else []
+            async with AsyncLock(mutex, calls.creator, calls.read, 60, *extra) as value:
+                assert value == ("old" if with_async_creator else "new")
+            assert calls.reads == 1
+            assert calls.created == (0 if with_async_creator else 1)
+            assert calls.handed == ([(mutex, True)] if with_async_creator else [])
+            assert not mutex.locked()
+
+    run(main)
+
+
+def test_async_lock_pair_after_waiting_counts_as_a_value(AsyncLock):
+    """Point 2: after waiting, any pair is a value: (payload, 0) (what
+    get_or_create_multi answers for a miss) or an expired one goes to
+    async_creator, or to creator without one."""
+
+    async def never():
+        raise NotImplementedError("not to be called")
+
+    async def main():
+        for answers in [(("NO_VALUE", 0),), (None, ("old", time.time() - 3600))]:
+            calls = _Calls(*answers)
+            mutex = asyncio.Lock()
+            async with AsyncLock(mutex, never, calls.read, 60, calls.async_creator) as value:
+                assert value == answers[-1][0]
+            assert calls.reads == 2
+            assert calls.handed == [(mutex, True)]
+            assert not mutex.locked()
+        calls = _Calls(("NO_VALUE", 0))
+        async with AsyncLock(asyncio.Lock(), calls.creator, calls.read, 60) as value:
+            assert value == "new"
+        assert (calls.reads, calls.created) == (2, 1)
+
+    run(main)
+
+
+def test_async_lock_async_creator_raising_releases_the_mutex(AsyncLock):
+    """Point 3: not handed off, so released; the caller sees the error."""
+
+    async def main():
+        for kind in ("plain", "coroutine"):
+            calls = _Calls(("old", time.time() - 3600))
+            mutex = asyncio.Lock()
+
+            def plain(m):
+                raise KeyError("no worker")
+
+            async def coroutine(m):
+                raise KeyError("no worker")
+
+            async_creator = plain if kind == "plain" else coroutine
+            with pytest.raises(KeyError, match="no worker"):
+                async with AsyncLock(mutex, calls.creator, calls.read, 60, async_creator):
+                    pass
+            assert not mutex.locked(), kind
+            assert calls.created == 0
+
+    run(main)
+
+
+def test_async_lock_attributes_read_and_write_as_in_dogpile_cache(AsyncLock):
+    """Point 4: the five attributes of dogpile.cache's Lock, changed after
+    construction, are the ones used."""
+
+    async def main():
+        calls = _Calls(("old", time.time() - 60))
+        lock = AsyncLock(None, None, None, 3600)
+        for name in ("mutex", "creator", "value_and_created_fn", "async_creator"):
+            assert getattr(lock, name) is None
+        assert lock.expiretime == 3600
+        mutex = asyncio.Lock()
+        lock.mutex, lock.creator, lock.value_and_created_fn = mutex, calls.creator, calls.read
+        async with lock as value:
+            assert value == "old"
+        lock.expiretime = 30
+        assert lock.expiretime == 30
+        lock.async_creator = calls.async_creator
+        async with lock as value:
+            assert value == "old"
+        assert calls.handed == [(mutex, True)]
+        lock.expiretime = None
+        assert lock.expiretime is None
+        lock.async_creator = None
+        async with lock as value:
+            assert value == "old"
+        assert calls.created == 0
+        with pytest.raises(ValueError, match=">= 0"):
+            lock.expiretime = -5
+
+    run(main)

@@ -259,7 +259,7 @@ def test_value_and_created_fn_non_pair_is_type_error(impl):
 
 def test_value_and_created_fn_non_pair_under_mutex_releases_it(impl):
     mutex = CountingLock()
-    answers = iter([("old", time.time() - LONG_AGO), 42])
+    answers = iter([("missing", 0), 42])
     with pytest.raises(TypeError, match="value_and_created_fn must return a"):
         with impl.Lock(mutex, Backend().creator, lambda: next(answers), 3600):
             pass
@@ -309,3 +309,143 @@ def test_functions_that_are_not_callable_fail_before_locking(impl, args, message
             pass
     assert mutex.attempts == 0
     assert not mutex.locked()
+
+
+# -- dogpile.cache's contract (its dogpile/lock.py), point by point --------------------------
+
+
+class Calls:
+    """value_and_created_fn answering from a list, creator and async_creator
+    counting their calls."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.reads = 0
+        self.created = 0
+        self.handed = []
+
+    def read(self):
+        self.reads += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer is None:
+            raise NeedRegenerationException()
+        return answer
+
+    def creator(self):
+        self.created += 1
+        return ("new", time.time())
+
+    def async_creator(self, mutex):
+        self.handed.append((mutex, mutex.locked()))
+        mutex.release()
+
+
+def test_expired_value_taken_without_waiting_is_not_read_again(impl):
+    """Point 1: one value_and_created_fn call per regeneration (dogpile.cache
+    removed the second one in 0.6.6), then creator."""
+    calls = Calls(("old", time.time() - LONG_AGO))
+    mutex = CountingLock()
+    with impl.Lock(mutex, calls.creator, calls.read, 3600) as value:
+        assert value == "new"
+    assert (calls.reads, calls.created) == (1, 1)
+    assert mutex.acquired == mutex.released == 1
+
+
+def test_expired_value_taken_without_waiting_goes_to_async_creator_unread(impl):
+    calls = Calls(("old", time.time() - LONG_AGO))
+    mutex = CountingLock()
+    with impl.Lock(mutex, calls.creator, calls.read, 3600, calls.async_creator) as value:
+        assert value == "old"
+    assert (calls.reads, calls.created) == (1, 0)
+    assert calls.handed == [(mutex, True)]
+    assert not mutex.locked()
+
+
+def _multi_creator():
+    raise NotImplementedError("get_or_create_multi's creator is never called")
+
+
+def test_pair_with_zero_time_after_waiting_goes_to_async_creator(impl):
+    """Point 2, as dogpile.cache's get_or_create_multi uses it: a miss is
+    (payload, 0); after waiting for the mutex the same answer means "a
+    value, expired": the mutex goes to async_creator, creator is not run."""
+    calls = Calls(("NO_VALUE", 0))
+    mutex = CountingLock()
+    with impl.Lock(mutex, _multi_creator, calls.read, 3600, calls.async_creator) as value:
+        assert value == "NO_VALUE"
+    assert calls.reads == 2
+    assert calls.handed == [(mutex, True)]
+    assert mutex.blocking_attempts == 1
+    assert not mutex.locked()
+
+
+def test_pair_with_zero_time_after_waiting_creates_without_async_creator(impl):
+    calls = Calls(("NO_VALUE", 0))
+    mutex = CountingLock()
+    with impl.Lock(mutex, calls.creator, calls.read, 3600) as value:
+        assert value == "new"
+    assert (calls.reads, calls.created) == (2, 1)
+    assert mutex.acquired == mutex.released == 1
+
+
+def test_expired_pair_after_waiting_goes_to_async_creator(impl):
+    """Point 2: missing at first, then an expired value read after waiting:
+    that value is returned and the mutex handed over."""
+    calls = Calls(None, ("old", time.time() - LONG_AGO))
+    mutex = CountingLock()
+    with impl.Lock(mutex, calls.creator, calls.read, 3600, calls.async_creator) as value:
+        assert value == "old"
+    assert (calls.reads, calls.created) == (2, 0)
+    assert calls.handed == [(mutex, True)]
+
+
+def test_async_creator_raising_releases_the_mutex(impl):
+    """Point 3: the mutex was not handed off, so the Lock releases it, and
+    the caller sees the exception."""
+    calls = Calls(("old", time.time() - LONG_AGO))
+    mutex = CountingLock()
+
+    def async_creator(m):
+        raise Boom("no worker")
+
+    with pytest.raises(Boom, match="no worker"):
+        with impl.Lock(mutex, calls.creator, calls.read, 3600, async_creator):
+            pass
+    assert not mutex.locked()
+    assert mutex.acquired == mutex.released == 1
+    assert calls.created == 0
+
+
+def test_attributes_read_and_write_as_in_dogpile_cache(impl):
+    """Point 4: mutex, creator, value_and_created_fn, expiretime and
+    async_creator are plain attributes there; changed after construction,
+    the new ones are used."""
+    calls = Calls(("old", time.time() - 60))
+    lock = impl.Lock(None, None, None, 3600)
+    for name in ("mutex", "creator", "value_and_created_fn", "async_creator"):
+        assert getattr(lock, name) is None
+    assert lock.expiretime == 3600
+    mutex = CountingLock()
+    lock.mutex = mutex
+    lock.creator = calls.creator
+    lock.value_and_created_fn = calls.read
+    with lock as value:
+        assert value == "old"
+    lock.expiretime = 30
+    assert lock.expiretime == 30
+    lock.async_creator = calls.async_creator
+    assert lock.mutex is mutex and lock.creator == calls.creator
+    assert lock.value_and_created_fn == calls.read
+    assert lock.async_creator == calls.async_creator
+    with lock as value:
+        assert value == "old"
+    assert calls.handed == [(mutex, True)]
+    lock.expiretime = None
+    assert lock.expiretime is None
+    lock.async_creator = None
+    with lock as value:
+        assert value == "old"
+    assert calls.created == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        lock.expiretime = -5
+    assert lock.expiretime is None

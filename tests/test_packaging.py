@@ -1,10 +1,13 @@
-"""Packaging: the warning when dogpile.cache's files share our directory.
+"""Packaging: this project's dogpile beside dogpile.cache's.
 
 dogpile.cache also installs a top-level ``dogpile``; pip merges the two
-into one folder.  These tests fake that with a copy of the imported
-package plus a ``cache/`` (or ``core/``) subpackage beside it, and import
-the copy in a child process, where warnings are recorded rather than
-turned into errors by this suite's ``filterwarnings = error``.
+into one folder, and the last one installed owns ``__init__.py``.  These
+tests fake each state with a copy of the imported package (plus a
+``cache/`` subpackage, or dogpile.cache's kind of ``__init__.py``, or none)
+and import it in a child process, where warnings are recorded rather than
+turned into errors by this suite's ``filterwarnings = error``.  The real
+installs, in each order, are in scripts/dogpile_cache_installs.py (run by
+``nox -s dogpile_cache``).
 """
 
 import json
@@ -19,25 +22,30 @@ from conftest import DEADLINE
 import dogpile
 
 CHILD = """
-import json, warnings
+import importlib, json, sys, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    import dogpile  # line 5: where the warning must point
-    import dogpile.dogpile, dogpile.nameregistry, dogpile.readwrite_lock
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+import dogpile
 print(json.dumps({
     "file": dogpile.__file__,
     "warnings": [
         {"category": w.category.__name__, "bases": [c.__name__ for c in w.category.__mro__],
-         "message": str(w.message), "filename": w.filename, "lineno": w.lineno}
+         "message": str(w.message)}
         for w in caught
     ],
 }))
 """
 
+# dogpile.cache's __init__.py, in short: its own Lock from dogpile/lock.py.
+FOREIGN_INIT = "from .lock import Lock\n__version__ = '1.5.0'\n"
+FOREIGN_LOCK = "class Lock:\n    pass\n"
 
-def _import_copy(tmp_path, *others):
-    """Copy the imported dogpile package into tmp_path/site, add the other
-    distributions' subpackages, import it in a child; its report."""
+
+def _import_copy(tmp_path, state, *modules):
+    """Copy the imported dogpile package into tmp_path/site in ``state``,
+    import ``modules`` in a child; its report."""
     site = tmp_path / "site"
     package = site / "dogpile"
     shutil.copytree(
@@ -45,12 +53,19 @@ def _import_copy(tmp_path, *others):
         package,
         ignore=shutil.ignore_patterns("__pycache__"),
     )
-    for sub in others:
-        (package / sub).mkdir()
-        (package / sub / "__init__.py").write_text("")
+    if state in ("beside", "foreign"):
+        (package / "cache").mkdir()
+        (package / "cache" / "__init__.py").write_text("")
+    if state == "foreign":
+        (package / "__init__.py").write_text(FOREIGN_INIT)
+        (package / "lock.py").write_text(FOREIGN_LOCK)
+    if state == "no-init":
+        (package / "__init__.py").unlink()
+    # -S: no site-packages, where the installed dogpile would win over a
+    # copy without __init__.py (a namespace package).
     env = dict(os.environ, PYTHONPATH=str(site))
     proc = subprocess.run(
-        [sys.executable, "-s", "-c", CHILD],
+        [sys.executable, "-S", "-c", CHILD, *modules],
         env=env,
         cwd=str(tmp_path),
         capture_output=True,
@@ -59,31 +74,42 @@ def _import_copy(tmp_path, *others):
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert os.path.realpath(report["file"]) == os.path.realpath(package / "__init__.py")
+    if state != "no-init":
+        assert os.path.realpath(report["file"]) == os.path.realpath(package / "__init__.py")
     return report["warnings"], str(package)
 
 
-def test_no_warning_alone(tmp_path):
-    caught, _ = _import_copy(tmp_path)
+ALL = ["dogpile", "dogpile.dogpile", "dogpile.nameregistry", "dogpile.readwrite_lock",
+       "dogpile.aio", "dogpile.mutexes"]
+
+
+@pytest.mark.parametrize("state", ["alone", "beside"])
+def test_no_warning_where_it_works(tmp_path, state):
+    """Alone, or installed after dogpile.cache (its cache/ beside ours):
+    every import is silent."""
+    caught, _ = _import_copy(tmp_path, state, *ALL)
     assert caught == []
 
 
 @pytest.mark.parametrize(
-    "sub, distribution", [("cache", "dogpile.cache"), ("core", "dogpile.core")]
+    "state, problem",
+    [
+        ("foreign", "has dogpile.cache's __init__.py"),
+        ("no-init", "has no __init__.py"),
+    ],
 )
-def test_one_warning_when_merged(tmp_path, sub, distribution):
-    caught, package = _import_copy(tmp_path, sub)
+@pytest.mark.parametrize("module", ["dogpile.mutexes", "dogpile._core_py"])
+def test_one_warning_where_it_is_broken(tmp_path, state, problem, module):
+    """This project's modules under dogpile.cache's __init__.py, or under
+    none: one warning, saying what is wrong and the way out."""
+    caught, package = _import_copy(tmp_path, state, module)
     assert len(caught) == 1, caught
     (warning,) = caught
     assert warning["category"] == "DogpileCacheConflictWarning"
     assert "UserWarning" in warning["bases"]
     message = warning["message"]
-    assert message.startswith(f"dogpile and {distribution} are installed into the same directory")
-    assert package in message
-    assert "separate virtual environments" in message
-    assert f"pip uninstall dogpile {distribution}" in message
-    # It points at the importing line, not into dogpile.
-    assert (warning["filename"], warning["lineno"]) == ("<string>", 5)
+    assert message.startswith(f"the dogpile package in {package} {problem}")
+    assert "pip install --pre --force-reinstall --no-deps dogpile" in message
 
 
 def test_warning_class_is_public():

@@ -189,6 +189,8 @@ class Slot:
 
     def value_and_created_fn(self):
         rec = self.stored
+        # What this caller's Lock last read: see _value_is_fresh.
+        _tls.lock_read = rec
         if rec is None:
             raise NeedRegenerationException()
         return rec, rec.created
@@ -205,7 +207,11 @@ class Slot:
         now = time.time()
         if self.mode == "plain":
             return self._fresh(self.dogpile.createdtime, now)
-        rec = self.stored
+        # dogpile.cache's Lock contract: an expired value whose mutex is
+        # taken without waiting is not read again, so a creation that ended
+        # between the read and the acquire is not seen and one more runs.
+        # The Lock is judged on what it read.
+        rec = _tls.lock_read if self.mode == "lock_api" else self.stored
         if rec is None:
             return False
         if self.mode == "value_fn":

@@ -18,11 +18,7 @@ from typing import TYPE_CHECKING
 from typing import Tuple as _Tuple
 
 from ._clash import DogpileCacheConflictWarning as DogpileCacheConflictWarning
-from ._clash import warn_if_shared as _warn_if_shared
 from ._errors import LockError, LockTimeout, NeedRegenerationException
-
-# dogpile.cache's files merged into this directory: say so now (see _clash).
-_warn_if_shared(_os.path.dirname(__file__))
 
 __version__ = "1.0.0a1"
 

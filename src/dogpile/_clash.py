@@ -1,55 +1,59 @@
 """One name, two distributions: this ``dogpile`` and dogpile.cache's.
 
-dogpile.cache (and dogpile.core before it) also installs a top-level
-package named ``dogpile``.  pip does not stop two distributions from
-writing into one folder: installed into the same environment, their files
-are merged into one ``site-packages/dogpile/``, and whichever was installed
-last owns ``dogpile/__init__.py``.  The other one then fails later, far
-from the cause (an ImportError or AttributeError from inside either
-library).
+dogpile.cache also installs a top-level package named ``dogpile``.  pip
+lets both write into one ``site-packages/dogpile/``; their only shared files
+are ``__init__.py`` and ``py.typed``, so whichever was installed last owns
+``dogpile/__init__.py``.  With this project's (installed after dogpile.cache)
+everything works: dogpile.cache's region takes ``Lock`` and
+``NeedRegenerationException`` from it and so runs on this project's Lock
+(``tests/test_with_dogpile_cache.py``).  Nothing is said then.
 
-When this package's ``__init__`` is the one that runs, it can tell: the
-other distribution's subpackage sits beside it.  One ``stat`` per name is
-the whole cost, so ``import dogpile`` stays fast; reading
-``importlib.metadata`` instead would scan every ``sys.path`` entry on every
-import.  (When dogpile.cache's ``__init__`` won, none of this code runs;
-the README's install section is the warning for that case.)
+It is broken when this project's modules are imported under an
+``__init__`` that is not this project's: dogpile.cache's (installed or
+upgraded after this project), or none at all (``pip uninstall`` of either
+distribution removes the shared ``__init__.py``).  Importing this module
+checks that, at the cost of a dictionary look-up, and warns
+(DogpileCacheConflictWarning) with the way out.  ``_errors`` imports it, so
+every module of this project that may be imported on its own checks.
 """
 
-import os
+import sys
 import warnings
 
-# Subpackages that the other distributions put under dogpile/.
-_OTHERS = (
-    ("cache", "dogpile.cache"),
-    ("core", "dogpile.core"),
-)
+# pip's name for this project, as the README installs it.
+_REINSTALL = "pip install --pre --force-reinstall --no-deps dogpile"
 
 
 class DogpileCacheConflictWarning(UserWarning):
-    """This ``dogpile`` shares its package directory with dogpile.cache's
-    (or dogpile.core's) ``dogpile``: the two distributions cannot share one
-    environment."""
+    """This project's modules are imported, but ``dogpile/__init__.py`` is
+    dogpile.cache's or missing: both distributions install a top-level
+    package named ``dogpile`` and the last one installed owns it."""
 
 
-def warn_if_shared(package_dir: str) -> None:
-    """Warn once if another distribution's files share ``package_dir``.
-
-    Called once, from ``dogpile/__init__.py`` while it is being imported;
-    the warning points at the line that imported dogpile.
-    """
-    found = [dist for sub, dist in _OTHERS if os.path.isdir(os.path.join(package_dir, sub))]
-    if not found:
+def _check_package() -> None:
+    package = sys.modules.get(__package__ or "dogpile")
+    if package is None:
         return
-    others = " and ".join(found)
+    if getattr(package, "__file__", None) is None:
+        problem = (
+            "has no __init__.py (a `pip uninstall` of dogpile or dogpile.cache removed "
+            "the one both of them install)"
+        )
+    elif getattr(getattr(package, "Lock", None), "__module__", None) == "dogpile.lock":
+        problem = (
+            "has dogpile.cache's __init__.py (dogpile.cache was installed or upgraded after "
+            "this dogpile), so `import dogpile` is dogpile.cache's package"
+        )
+    else:
+        return  # this project's __init__ is running
+    where = list(getattr(package, "__path__", []) or ["?"])[0]
     warnings.warn(
-        f"dogpile and {others} are installed into the same directory ({package_dir}): "
-        f"both distributions install a top-level package named 'dogpile', so pip merged "
-        f"their files and either may fail to import. Install them into separate virtual "
-        f"environments: in this one, `pip uninstall dogpile {' '.join(found)}`, then "
-        f"reinstall only the one it needs.",
+        f"the dogpile package in {where} {problem}: this project's dogpile is broken there. "
+        f"Reinstall it: `{_REINSTALL}` (installed last, it owns __init__.py, and "
+        f"dogpile.cache, if installed, runs on its Lock).",
         DogpileCacheConflictWarning,
-        # warn_if_shared -> dogpile/__init__.py -> the importing line
-        # (the import machinery's own frames are skipped by warnings).
-        stacklevel=3,
+        stacklevel=2,
     )
+
+
+_check_package()

@@ -975,6 +975,10 @@ cdef class Lock:
         """Seconds a value stays fresh, or None for never."""
         return expiretime_public(self._expiretime)
 
+    @expiretime.setter
+    def expiretime(self, value):
+        self._expiretime = _seconds(value)
+
     def __enter__(self):
         cdef double createdtime
         try:
@@ -1008,18 +1012,26 @@ cdef class Lock:
             check_lock(mutex, "mutex")
             raise
         try:
-            # Another thread or process may have created meanwhile.
-            try:
-                value = _pair(self.value_and_created_fn(), "value_and_created_fn", &createdtime)
-            except NeedRegenerationException:
-                value = _NO_VALUE
-                createdtime = -1.0
-            has_value = createdtime > 0 and value is not _NO_VALUE
-            if has_value and not _expired(createdtime, self._expiretime):
-                return value
+            if not has_value:
+                # We waited: another thread or process may have created
+                # meanwhile.  Any pair counts as a value, whatever its time:
+                # dogpile.cache's get_or_create_multi answers (payload, 0) to
+                # have the mutex handed to its async_creator.  (An expired
+                # value taken without waiting is not read again: that would
+                # cost a backend round trip per regeneration.)
+                try:
+                    value = _pair(self.value_and_created_fn(), "value_and_created_fn",
+                                  &createdtime)
+                except NeedRegenerationException:
+                    pass
+                else:
+                    if not _expired(createdtime, self._expiretime):
+                        return value
+                    has_value = True
             if has_value and self.async_creator is not None:
-                handed_off = True
                 self.async_creator(mutex)
+                # Only now: if async_creator raised, the mutex is still ours.
+                handed_off = True
                 return value
             return _pair(self.creator(), "creator", &createdtime)
         finally:

@@ -875,6 +875,10 @@ class Lock:
         """Seconds a value stays fresh, or None for never."""
         return expiretime_public(self._expiretime)
 
+    @expiretime.setter
+    def expiretime(self, value: Optional[float]) -> None:
+        self._expiretime = _seconds(value)
+
     def __enter__(self) -> Any:
         try:
             pair = self.value_and_created_fn()
@@ -919,17 +923,27 @@ class Lock:
             raise
         handed_off = False
         try:
-            # Another thread or process may have created meanwhile.
-            try:
-                value, createdtime = _pair(self.value_and_created_fn(), "value_and_created_fn")
-            except NeedRegenerationException:
-                value, createdtime = _NO_VALUE, -1.0
-            has_value = createdtime > 0 and value is not _NO_VALUE
-            if has_value and not _is_expired(createdtime, self._expiretime):
-                return value
+            if not has_value:
+                # We waited: another thread or process may have created
+                # meanwhile.  Any pair counts as a value, whatever its time:
+                # dogpile.cache's get_or_create_multi answers (payload, 0) to
+                # have the mutex handed to its async_creator.  (An expired
+                # value taken without waiting is not read again: that would
+                # cost a backend round trip per regeneration.)
+                try:
+                    value, createdtime = _pair(
+                        self.value_and_created_fn(), "value_and_created_fn"
+                    )
+                except NeedRegenerationException:
+                    pass
+                else:
+                    if not _is_expired(createdtime, self._expiretime):
+                        return value
+                    has_value = True
             if has_value and self.async_creator is not None:
-                handed_off = True
                 self.async_creator(mutex)
+                # Only now: if async_creator raised, the mutex is still ours.
+                handed_off = True
                 return value
             value, createdtime = _pair(self.creator(), "creator")
             return value

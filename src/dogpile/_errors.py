@@ -5,6 +5,10 @@ dogpile.NeedRegenerationException`` catches what both raise, whichever one
 ``import dogpile`` chose.
 """
 
+# Every module of this project imports this one: under an __init__.py that
+# is not this project's (dogpile.cache's, or none), _clash says so.
+from . import _clash  # noqa: F401
+
 
 class NeedRegenerationException(Exception):
     """Raised by a ``value_fn`` or ``value_and_created_fn`` to say that there

@@ -993,6 +993,10 @@ class AsyncLock:
         """Seconds a value stays fresh, or None for never."""
         return expiretime_public(self._expiretime)
 
+    @expiretime.setter
+    def expiretime(self, value: Optional[float]) -> None:
+        self._expiretime = expiretime_seconds(value)
+
     async def _stored(self) -> Tuple[Any, float]:
         try:
             result = self.value_and_created_fn()
@@ -1043,16 +1047,23 @@ class AsyncLock:
             await _acquire(mutex)
         handed_off = False
         try:
-            # Another task or process may have created meanwhile.
-            value, createdtime = await self._stored()
-            has_value = createdtime > 0 and value is not _NO_VALUE
-            if has_value and not self._is_expired(createdtime, self._expiretime):
-                return value
+            if not has_value:
+                # We waited: another task or process may have created
+                # meanwhile.  Any pair counts as a value, whatever its time
+                # (as in the sync Lock: dogpile.cache's contract); an
+                # expired value taken without waiting is not read again.
+                stored, createdtime = await self._stored()
+                if stored is not _NO_VALUE:
+                    value = stored
+                    if not self._is_expired(createdtime, self._expiretime):
+                        return value
+                    has_value = True
             if has_value and self.async_creator is not None:
-                handed_off = True
                 result = self.async_creator(mutex)
                 if _is_awaitable(result):
                     await result
+                # Only now: if async_creator raised, the mutex is still ours.
+                handed_off = True
                 return value
             result = self.creator()
             if _is_awaitable(result):

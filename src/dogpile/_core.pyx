@@ -75,6 +75,10 @@ cdef extern from "_native_lock.h" nogil:
     int dp_rw_read_release(dp_rwstate *rw)
     int dp_rw_write_release(dp_rwstate *rw, unsigned long ident)
 
+cdef extern from "_fastcall.h":
+    ctypedef object (*dp_one_arg)(object, object)
+    int dp_install_fast_method(object type, const char *name, dp_one_arg fn) except -1
+
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
 
@@ -336,6 +340,17 @@ cdef class Dogpile:
         acq.value_fn = value_fn
         acq.value_and_created_fn = value_and_created_fn
         return acq
+
+    def get(self, creator, value_fn=None, value_and_created_fn=None):
+        """Return the value that ``acquire()`` would give its ``as`` target:
+        the same arguments and rules, without a ``with`` block (the form for
+        hot loops): ``value = d.get(creator)``."""
+        if not callable(creator) or (
+            (value_fn is not None or value_and_created_fn is not None)
+            and not _optional_fns_ok(value_fn, value_and_created_fn)
+        ):
+            check_acquire_args(creator, value_fn, value_and_created_fn)
+        return _enter(self, creator, value_fn, value_and_created_fn)
 
     def __repr__(self):
         return (
@@ -661,6 +676,9 @@ cdef class _Acquisition:
     cdef object value_and_created_fn
     cdef ReadWriteMutex rw  # SyncReaderDogpile's: held for the block
 
+    # METH_NOARGS instead of a keyword-parsing wrapper: the `with` statement
+    # calls it with no arguments, every time.
+    @cython.always_allow_keywords(False)
     def __enter__(self):
         value = _enter(self.dogpile, self.creator, self.value_fn, self.value_and_created_fn)
         if self.rw is not None:
@@ -693,6 +711,14 @@ cdef class SyncReaderDogpile(Dogpile):
         cdef _Acquisition acq = Dogpile.acquire(self, creator, value_fn, value_and_created_fn)
         acq.rw = self._rw
         return acq
+
+    def get(self, creator, value_fn=None, value_and_created_fn=None):
+        """Like Dogpile.get(), returning once no writer holds the write lock
+        (the read lock is taken and released, as by an empty block)."""
+        value = Dogpile.get(self, creator, value_fn, value_and_created_fn)
+        self._rw._acquire_read(True)
+        self._rw._release_read()
+        return value
 
     def acquire_write_lock(self):
         """Return a context manager that holds the write lock."""
@@ -932,3 +958,40 @@ cdef class ReadWriteMutex:
                 "release_write_lock(): this thread does not hold the write lock"
             )
         return 0
+
+
+@cython.final
+cdef class _NoOp:
+    """A context manager that does nothing, compiled like the rest of this
+    module: what a ``with`` block costs on this interpreter before any work
+    (benchmarks/compare.py's floor)."""
+
+    @cython.always_allow_keywords(False)
+    def __enter__(self):
+        return None
+
+    def __exit__(self, exc_type, exc, tb):
+        return None
+
+
+# The one-argument calls, `d.get(creator)` and `registry.get(key)`, without
+# Cython's generic argument parsing (and, for NameRegistry.get's **kw, a
+# dict per call): _fastcall.h.  Any other call goes to the methods above.
+cdef object _fast_dogpile_get(object self, object creator):
+    if not callable(creator):
+        check_acquire_args(creator, None, None)
+    return _enter(<Dogpile>self, creator, None, None)
+
+
+cdef object _fast_registry_get(object self, object identifier):
+    cdef NameRegistry registry = <NameRegistry>self
+    ref = registry._values.get(identifier)
+    if ref is not None:
+        obj = ref()
+        if obj is not None:
+            return obj
+    return registry._sync_get(identifier, (), {})
+
+
+dp_install_fast_method(Dogpile, b"get", _fast_dogpile_get)
+dp_install_fast_method(NameRegistry, b"get", _fast_registry_get)

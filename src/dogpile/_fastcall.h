@@ -1,0 +1,111 @@
+/* One-argument fast paths for the hottest methods (Dogpile.get,
+ * NameRegistry.get).
+ *
+ * Cython's wrapper for `def get(self, creator, value_fn=None, ...)` parses
+ * arguments generically (and, for `*args, **kw`, builds a dict on every
+ * call), which on CPython 3.14 and 3.15 costs as much as the lookup itself.
+ * dp_install_fast_method() replaces such a method in its type's dict by a
+ * METH_FASTCALL | METH_KEYWORDS method that calls a C function directly
+ * when it gets exactly one positional argument and no keywords, and
+ * otherwise calls the original method unchanged, so every other form of
+ * call, every error message and the docstring stay Cython's.
+ */
+#ifndef DOGPILE_FASTCALL_H
+#define DOGPILE_FASTCALL_H
+
+#include <Python.h>
+
+typedef PyObject *(*dp_one_arg)(PyObject *self, PyObject *arg);
+
+#define DP_FAST_METHODS 4
+
+/* Static: a PyMethodDef must outlive every descriptor made from it. */
+static PyMethodDef dp_fast_defs[DP_FAST_METHODS];
+static dp_one_arg dp_fast_fns[DP_FAST_METHODS];
+static PyObject *dp_fast_general[DP_FAST_METHODS]; /* the original descriptors */
+
+static PyObject *
+dp_fast_dispatch(int i, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    PyObject *small[8];
+    PyObject **all = small;
+    PyObject *result;
+    Py_ssize_t n, k;
+    if (nargs == 1 && kwnames == NULL)
+        return dp_fast_fns[i](self, args[0]);
+    /* Anything else: the original method, with self in front. */
+    n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+    if (n + 1 > 8) {
+        all = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+        if (all == NULL)
+            return PyErr_NoMemory();
+    }
+    all[0] = self;
+    for (k = 0; k < n; k++)
+        all[k + 1] = args[k];
+    result = PyObject_Vectorcall(dp_fast_general[i], all, nargs + 1, kwnames);
+    if (all != small)
+        PyMem_Free(all);
+    return result;
+}
+
+#define DP_FAST_ENTRY(i)                                                            \
+    static PyObject *dp_fast_entry_##i(PyObject *self, PyObject *const *args,       \
+                                       Py_ssize_t nargs, PyObject *kwnames)         \
+    {                                                                               \
+        return dp_fast_dispatch(i, self, args, nargs, kwnames);                     \
+    }
+DP_FAST_ENTRY(0)
+DP_FAST_ENTRY(1)
+DP_FAST_ENTRY(2)
+DP_FAST_ENTRY(3)
+
+static PyObject *(*const dp_fast_entries[DP_FAST_METHODS])(
+    PyObject *, PyObject *const *, Py_ssize_t, PyObject *) = {
+    dp_fast_entry_0, dp_fast_entry_1, dp_fast_entry_2, dp_fast_entry_3};
+
+/* Replace type.name by the fast method; 0, or -1 with an exception set. */
+static int
+dp_install_fast_method(PyObject *type, const char *name, dp_one_arg fn)
+{
+    static int used = 0;
+    PyTypeObject *t = (PyTypeObject *)type;
+    PyObject *general, *descr;
+    int i;
+    if (used >= DP_FAST_METHODS) {
+        PyErr_SetString(PyExc_RuntimeError, "dogpile: too many fast methods");
+        return -1;
+    }
+    general = PyDict_GetItemString(t->tp_dict, name); /* borrowed */
+    if (general == NULL) {
+        PyErr_Format(PyExc_AttributeError, "dogpile: no method %s to speed up", name);
+        return -1;
+    }
+    if (!Py_IS_TYPE(general, &PyMethodDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "dogpile: %s is not a method descriptor", name);
+        return -1;
+    }
+    i = used;
+    Py_INCREF(general);
+    dp_fast_general[i] = general; /* kept for good */
+    dp_fast_defs[i].ml_name = name;
+    dp_fast_defs[i].ml_meth = (PyCFunction)(void (*)(void))dp_fast_entries[i];
+    dp_fast_defs[i].ml_flags = METH_FASTCALL | METH_KEYWORDS;
+    /* The original's docstring: a static string of the Cython module. */
+    dp_fast_defs[i].ml_doc = ((PyMethodDescrObject *)general)->d_method->ml_doc;
+    dp_fast_fns[i] = fn;
+    descr = PyDescr_NewMethod(t, &dp_fast_defs[i]);
+    if (descr == NULL)
+        return -1;
+    if (PyDict_SetItemString(t->tp_dict, name, descr) < 0) {
+        Py_DECREF(descr);
+        return -1;
+    }
+    Py_DECREF(descr);
+    used++;
+    PyType_Modified(t);
+    return 0;
+}
+
+#endif /* DOGPILE_FASTCALL_H */

@@ -6,6 +6,9 @@
 #   bash scripts/newest_pythons.sh            # 3.14 and 3.15
 #   bash scripts/newest_pythons.sh 3.15       # one of them
 #   bash scripts/newest_pythons.sh --shell    # a shell in the root, for a look
+#   bash scripts/newest_pythons.sh --bench 3.14 [-- compare.py options]
+#       instead of the suite: benchmarks/compare.py against that wheel,
+#       with dogpile.cache in a venv of the same interpreter (README, Speed)
 #
 # For each version, failing at the first thing that is wrong (a missing
 # interpreter is a failure, not a skip):
@@ -76,11 +79,15 @@ fi
 
 [ "$(id -u)" -eq 0 ] || fail "needs root (debootstrap, chroot and mount); run it as root"
 shell=""
-if [ "${1:-}" = "--shell" ]; then
-    shell=1
-    shift
-fi
-versions=("$@")
+mode=test
+case "${1:-}" in
+    --shell) shell=1; shift ;;
+    --bench) mode=bench; shift ;;
+esac
+versions=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do versions+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+compare_args=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.14 3.15)
 self=$here/scripts/$(basename "$0")
 started=$(date +%s)
@@ -171,9 +178,14 @@ for _ in $(seq 100); do [ -s "$root$run/redis.pid" ] && break; sleep 0.05; done
 redis_pid=$(cat "$root$run/redis.pid" 2>/dev/null) || fail "redis-server did not start"
 
 cat >"$root$run/inside.sh" <<'INSIDE'
-# Runs inside the root: inside.sh RUN_DIR REDIS_PORT VERSION...
-run=$1 port=$2
-shift 2
+# Runs inside the root: inside.sh RUN_DIR REDIS_PORT test|bench VERSION... [-- COMPARE_ARGS]
+run=$1 port=$2 mode=$3
+shift 3
+versions=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do versions+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+compare_args=("$@")
+set -- "${versions[@]}"
 export DOGPILE_REDIS_URL=redis://127.0.0.1:$port/0 DOGPILE_REQUIRE_REDIS=1
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 if [ -f "$run/host-ca.crt" ]; then
@@ -208,6 +220,16 @@ for v in "$@"; do
         >"$run/wheel-$v.log" 2>&1 || { cat "$run/wheel-$v.log"; exit 1; }
     wheel=$(ls "$run/wheels-$v"/*.whl)
     echo "newest_pythons: built $(basename "$wheel") from the sdist"
+    if [ "$mode" = bench ]; then
+        "$venv" -m pip install --quiet "$wheel[bench]"
+        # From the sdist's tree: benchmarks/ is on the path, src/ is not
+        # (src layout), so the installed wheel is what is timed.
+        cp -r "$run/source/benchmarks" "$tree/"
+        cd "$tree"
+        "$venv" -s benchmarks/compare.py ${compare_args[@]+"${compare_args[@]}"}
+        cd /
+        continue
+    fi
     "$venv" -m pip install --quiet "$wheel[test]"
     mkdir -p "$run/tests-$v"
     cp -r "$tree/tests" "$tree/pyproject.toml" "$run/tests-$v/"
@@ -230,5 +252,8 @@ assert dogpile.IMPLEMENTATION == "cython", "the compiled core did not import"
 done
 INSIDE
 
-unshare --mount --propagation private bash "$self" --in-namespace "$run" "$port" "${versions[@]}"
-say "OK: ${versions[*]} passed in $(($(date +%s) - started)) s"
+unshare --mount --propagation private bash "$self" --in-namespace "$run" "$port" "$mode" \
+    "${versions[@]}" -- ${compare_args[@]+"${compare_args[@]}"}
+if [ "$mode" = test ]; then
+    say "OK: ${versions[*]} passed in $(($(date +%s) - started)) s"
+fi

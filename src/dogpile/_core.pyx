@@ -77,7 +77,7 @@ cdef extern from "_native_lock.h" nogil:
 
 cdef extern from "_fastcall.h":
     ctypedef object (*dp_one_arg)(object, object)
-    int dp_install_fast_method(object type, const char *name, dp_one_arg fn) except -1
+    int dp_install_fast_method(object type, const char *name, dp_one_arg fn, Py_ssize_t nargs) except -1
 
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
@@ -775,6 +775,7 @@ cdef class Lock:
         """Seconds a value stays fresh, or None for never."""
         return expiretime_public(self._expiretime)
 
+    @cython.always_allow_keywords(False)  # METH_NOARGS, as _Acquisition's
     def __enter__(self):
         cdef double createdtime
         try:
@@ -973,14 +974,32 @@ cdef class _NoOp:
     def __exit__(self, exc_type, exc, tb):
         return None
 
+    def acquire(self, creator, /):
+        """This object, to time ``with noop.acquire(creator)``."""
+        return self
 
-# The one-argument calls, `d.get(creator)` and `registry.get(key)`, without
+    def get(self, creator, /):
+        """``creator``, to time ``noop.get(creator)``."""
+        return creator
+
+
+# The one-argument calls, `d.acquire(creator)`, `d.get(creator)` and
+# `registry.get(key)`, without
 # Cython's generic argument parsing (and, for NameRegistry.get's **kw, a
 # dict per call): _fastcall.h.  Any other call goes to the methods above.
 cdef object _fast_dogpile_get(object self, object creator):
     if not callable(creator):
         check_acquire_args(creator, None, None)
     return _enter(<Dogpile>self, creator, None, None)
+
+
+cdef object _fast_dogpile_acquire(object self, object creator):
+    if not callable(creator):
+        check_acquire_args(creator, None, None)
+    cdef _Acquisition acq = _Acquisition.__new__(_Acquisition)
+    acq.dogpile = <Dogpile>self
+    acq.creator = creator
+    return acq
 
 
 cdef object _fast_registry_get(object self, object identifier):
@@ -993,5 +1012,6 @@ cdef object _fast_registry_get(object self, object identifier):
     return registry._sync_get(identifier, (), {})
 
 
-dp_install_fast_method(Dogpile, b"get", _fast_dogpile_get)
-dp_install_fast_method(NameRegistry, b"get", _fast_registry_get)
+dp_install_fast_method(Dogpile, b"acquire", _fast_dogpile_acquire, 1)
+dp_install_fast_method(Dogpile, b"get", _fast_dogpile_get, 1)
+dp_install_fast_method(NameRegistry, b"get", _fast_registry_get, 1)

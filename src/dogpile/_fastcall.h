@@ -1,4 +1,4 @@
-/* One-argument fast paths for the hottest methods (Dogpile.get,
+/* Fast paths for the hottest methods (Dogpile.acquire and .get,
  * NameRegistry.get).
  *
  * Cython's wrapper for `def get(self, creator, value_fn=None, ...)` parses
@@ -17,11 +17,12 @@
 
 typedef PyObject *(*dp_one_arg)(PyObject *self, PyObject *arg);
 
-#define DP_FAST_METHODS 4
+#define DP_FAST_METHODS 5
 
 /* Static: a PyMethodDef must outlive every descriptor made from it. */
 static PyMethodDef dp_fast_defs[DP_FAST_METHODS];
 static dp_one_arg dp_fast_fns[DP_FAST_METHODS];
+static Py_ssize_t dp_fast_nargs[DP_FAST_METHODS]; /* the positional count taken fast */
 static PyObject *dp_fast_general[DP_FAST_METHODS]; /* the original descriptors */
 
 static PyObject *
@@ -32,7 +33,7 @@ dp_fast_dispatch(int i, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject **all = small;
     PyObject *result;
     Py_ssize_t n, k;
-    if (nargs == 1 && kwnames == NULL)
+    if (nargs == dp_fast_nargs[i] && kwnames == NULL)
         return dp_fast_fns[i](self, args[0]);
     /* Anything else: the original method, with self in front. */
     n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
@@ -60,14 +61,17 @@ DP_FAST_ENTRY(0)
 DP_FAST_ENTRY(1)
 DP_FAST_ENTRY(2)
 DP_FAST_ENTRY(3)
+DP_FAST_ENTRY(4)
 
 static PyObject *(*const dp_fast_entries[DP_FAST_METHODS])(
     PyObject *, PyObject *const *, Py_ssize_t, PyObject *) = {
-    dp_fast_entry_0, dp_fast_entry_1, dp_fast_entry_2, dp_fast_entry_3};
+    dp_fast_entry_0, dp_fast_entry_1, dp_fast_entry_2, dp_fast_entry_3, dp_fast_entry_4};
 
-/* Replace type.name by the fast method; 0, or -1 with an exception set. */
+/* Replace type.name by the fast method, which calls fn(self, first
+ * argument) when it gets exactly `nargs` (>= 1) positional arguments and no
+ * keywords; 0, or -1 with an exception set. */
 static int
-dp_install_fast_method(PyObject *type, const char *name, dp_one_arg fn)
+dp_install_fast_method(PyObject *type, const char *name, dp_one_arg fn, Py_ssize_t nargs)
 {
     static int used = 0;
     PyTypeObject *t = (PyTypeObject *)type;
@@ -95,6 +99,7 @@ dp_install_fast_method(PyObject *type, const char *name, dp_one_arg fn)
     /* The original's docstring: a static string of the Cython module. */
     dp_fast_defs[i].ml_doc = ((PyMethodDescrObject *)general)->d_method->ml_doc;
     dp_fast_fns[i] = fn;
+    dp_fast_nargs[i] = nargs < 1 ? 1 : nargs;
     descr = PyDescr_NewMethod(t, &dp_fast_defs[i]);
     if (descr == NULL)
         return -1;

@@ -78,6 +78,8 @@ cdef extern from "_native_lock.h" nogil:
 cdef extern from "_fastcall.h":
     ctypedef object (*dp_one_arg)(object, object)
     int dp_install_fast_method(object type, const char *name, dp_one_arg fn, Py_ssize_t nargs) except -1
+    ctypedef object (*dp_make_lock)(object, object, object, object, object)
+    int dp_install_lock_vectorcall(object type, dp_make_lock maker) except -1
 
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
@@ -983,8 +985,8 @@ cdef class _NoOp:
         return creator
 
 
-# The one-argument calls, `d.acquire(creator)`, `d.get(creator)` and
-# `registry.get(key)`, without
+# `Lock(...)` and the one-argument calls, `d.acquire(creator)`,
+# `d.get(creator)` and `registry.get(key)`, without
 # Cython's generic argument parsing (and, for NameRegistry.get's **kw, a
 # dict per call): _fastcall.h.  Any other call goes to the methods above.
 cdef object _fast_dogpile_get(object self, object creator):
@@ -1012,6 +1014,19 @@ cdef object _fast_registry_get(object self, object identifier):
     return registry._sync_get(identifier, (), {})
 
 
+cdef object _fast_new_lock(object mutex, object creator, object value_and_created_fn,
+                           object expiretime, object async_creator):
+    # Lock.__init__, for the positional call (_fastcall.h).
+    cdef Lock lock = Lock.__new__(Lock)
+    lock._expiretime = _seconds(expiretime)
+    lock.mutex = mutex
+    lock.creator = creator
+    lock.value_and_created_fn = value_and_created_fn
+    lock.async_creator = async_creator
+    return lock
+
+
+dp_install_lock_vectorcall(Lock, _fast_new_lock)
 dp_install_fast_method(Dogpile, b"acquire", _fast_dogpile_acquire, 1)
 dp_install_fast_method(Dogpile, b"get", _fast_dogpile_get, 1)
 dp_install_fast_method(NameRegistry, b"get", _fast_registry_get, 1)

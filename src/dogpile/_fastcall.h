@@ -113,4 +113,58 @@ dp_install_fast_method(PyObject *type, const char *name, dp_one_arg fn, Py_ssize
     return 0;
 }
 
+/* The constructor call `Lock(mutex, creator, value_and_created_fn,
+ * expiretime[, async_creator])`, once per lookup in the dogpile.cache
+ * usage: a vectorcall on the type object itself (as list() and dict()
+ * have), so that the usual positional call skips the argument tuple and
+ * Cython's parsing of it; anything else (keywords, a wrong count) goes the
+ * ordinary way, through type.__call__, and gets its errors from there. */
+typedef PyObject *(*dp_make_lock)(PyObject *mutex, PyObject *creator, PyObject *value_and_created_fn,
+                                  PyObject *expiretime, PyObject *async_creator);
+static dp_make_lock dp_lock_maker;
+
+static PyObject *
+dp_lock_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *tuple, *dict = NULL, *result;
+    Py_ssize_t k;
+    if (nkw == 0 && (nargs == 4 || nargs == 5))
+        return dp_lock_maker(args[0], args[1], args[2], args[3], nargs == 5 ? args[4] : Py_None);
+    tuple = PyTuple_New(nargs);
+    if (tuple == NULL)
+        return NULL;
+    for (k = 0; k < nargs; k++) {
+        Py_INCREF(args[k]);
+        PyTuple_SET_ITEM(tuple, k, args[k]);
+    }
+    if (nkw) {
+        dict = PyDict_New();
+        if (dict == NULL) {
+            Py_DECREF(tuple);
+            return NULL;
+        }
+        for (k = 0; k < nkw; k++) {
+            if (PyDict_SetItem(dict, PyTuple_GET_ITEM(kwnames, k), args[nargs + k]) < 0) {
+                Py_DECREF(tuple);
+                Py_DECREF(dict);
+                return NULL;
+            }
+        }
+    }
+    result = PyType_Type.tp_call(type, tuple, dict);
+    Py_DECREF(tuple);
+    Py_XDECREF(dict);
+    return result;
+}
+
+static int
+dp_install_lock_vectorcall(PyObject *type, dp_make_lock maker)
+{
+    dp_lock_maker = maker;
+    ((PyTypeObject *)type)->tp_vectorcall = dp_lock_vectorcall;
+    return 0;
+}
+
 #endif /* DOGPILE_FASTCALL_H */

@@ -161,7 +161,7 @@ def test_value_fn_raising_need_regeneration_through_get(impl):
     "call",
     [
         lambda impl: impl.Dogpile.get(object(), lambda: 1),
-        lambda impl: impl.Dogpile.acquire(object(), lambda: 1),
+        lambda impl: impl.Dogpile.acquire(object(), lambda: 1).__enter__(),
         lambda impl: impl.NameRegistry.get(object(), "key"),
     ],
 )

@@ -1,6 +1,6 @@
 """One command for every supported Python: ``nox`` (``pip install nox``).
 
-    nox -s tests              # the suite on every CPython 3.9-3.13 found
+    nox -s tests              # the suite on every supported CPython found
     nox -s tests-3.9 tests-3.13
     nox -s lint               # mypy --strict and ruff, as configured in pyproject.toml
     nox -s check_wheel        # scripts/check_wheel.sh: sdist, repaired wheel, pure wheel
@@ -9,6 +9,8 @@ Interpreters come from PATH and from pyenv (``~/.pyenv/versions/3.X.*``,
 or ``$PYENV_ROOT``), newest patch release first; nox never downloads one.
 A version that is not found is skipped, or is an error with
 ``--error-on-missing-interpreters`` (the default when ``CI`` is set).
+Where no 3.14 or 3.15 is installed (this machine), scripts/newest_pythons.sh
+runs the same suite on Debian's, in a root of their own.
 
 Each test session builds an sdist from the working tree, a wheel from that
 sdist with ``DOGPILE_REQUIRE_EXTENSIONS=1`` (in a clean directory, so no
@@ -26,7 +28,9 @@ import tarfile
 
 import nox
 
-PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+# The supported versions: the classifiers in pyproject.toml, its
+# cibuildwheel selection and the README say the same (tests/test_packaging.py).
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.default_venv_backend = "venv"
@@ -51,6 +55,11 @@ def _add_pyenv_to_path() -> None:
 
 
 _add_pyenv_to_path()
+
+# The newest supported CPython on this machine: the checks' findings do not
+# depend on it (mypy's target is set in pyproject.toml), so lint need not
+# wait for a 3.15 on the PATH.
+LINT_PYTHON = next((v for v in reversed(PYTHONS) if shutil.which(f"python{v}")), PYTHONS[-1])
 
 
 def _wheel_from_sdist(session: nox.Session) -> str:
@@ -109,7 +118,7 @@ def tests(session: nox.Session) -> None:
     )
 
 
-@nox.session(python=PYTHONS[-1])
+@nox.session(python=LINT_PYTHON)
 def lint(session: nox.Session) -> None:
     """mypy --strict on the package and examples/, ruff check on everything."""
     pyproject = nox.project.load_toml("pyproject.toml")

@@ -108,7 +108,7 @@ def extensions():
         Extension(
             "dogpile._core",
             ["src/dogpile/_core.pyx"],
-            depends=["src/dogpile/_native_lock.h"],
+            depends=["src/dogpile/_native_lock.h", "src/dogpile/_fastcall.h"],
             extra_compile_args=[] if os.name == "nt" else ["-O2"],
         )
     ]

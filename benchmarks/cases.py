@@ -51,6 +51,7 @@ def give_value(dogpile: Any, value: Any) -> Any:
 # The statements, shared with peer.py where it has the same API.
 BARE_LOCK = "with lock:\n    pass"
 ACQUIRE = "with d.acquire(creator) as v:\n    pass"
+GET = "v = d.get(creator)"
 ACQUIRE_VALUE_FN = "with d.acquire(creator, value_fn) as v:\n    pass"
 ACQUIRE_VALUE_AND_CREATED_FN = (
     "with d.acquire(creator, value_and_created_fn=value_and_created) as v:\n    pass"
@@ -73,6 +74,52 @@ def acquire_fresh(mod: ModuleType) -> Iterator[Case]:
     give_value(d, "value")
     creator = CallCounter("new")
     yield Case(ACQUIRE, {"d": d, "creator": creator}, _no_calls(creator))
+
+
+@contextmanager
+def get_fresh(mod: ModuleType) -> Iterator[Case]:
+    """The call-style fresh hit: ``value = d.get(creator)``."""
+    d = mod.Dogpile(FRESH_SECONDS)
+    give_value(d, "value")
+    creator = CallCounter("new")
+    yield Case(GET, {"d": d, "creator": creator}, _no_calls(creator))
+
+
+@contextmanager
+def floor_with() -> Iterator[Case]:
+    """The floor of any ``with`` block on this interpreter: one over a
+    compiled object (dogpile._core._NoOp) whose methods do nothing."""
+    from dogpile._core import _NoOp
+
+    yield Case("with noop:\n    pass", {"noop": _NoOp()})
+
+
+@contextmanager
+def floor_acquire() -> Iterator[Case]:
+    """The floor of ``with d.acquire(creator)``: a one-argument method call
+    that returns a ready object, and a ``with`` block over it, both compiled
+    and doing nothing."""
+    from dogpile._core import _NoOp
+
+    noop = _NoOp()
+    yield Case("with noop.acquire(creator) as v:\n    pass", {"noop": noop, "creator": print})
+
+
+@contextmanager
+def floor_get() -> Iterator[Case]:
+    """The floor of ``d.get(creator)``: a compiled one-argument method that
+    returns its argument."""
+    from dogpile._core import _NoOp
+
+    yield Case("v = noop.get(creator)", {"noop": _NoOp(), "creator": print})
+
+
+# The floors, timed with the bare lock (compiled core only).
+FLOORS = {
+    "floor_with": (floor_with, "floor: `with` over a compiled no-op object"),
+    "floor_acquire": (floor_acquire, "floor: with noop.acquire(creator), compiled no-ops"),
+    "floor_get": (floor_get, "floor: noop.get(creator), a compiled no-op call"),
+}
 
 
 @contextmanager
@@ -290,6 +337,7 @@ def region_hit(make_region: Callable[[], Any]) -> Iterator[Case]:
 # the pytest-benchmark groups show)
 CASES = {
     "acquire": (acquire_fresh, "fresh acquire(creator)"),
+    "get": (get_fresh, "fresh get(creator)"),
     "acquire_options": (
         acquire_fresh_with_options,
         "fresh acquire(creator), wait_timeout and background set",

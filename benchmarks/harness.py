@@ -28,6 +28,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 # Every wait on another thread ends by this many seconds: a broken lock
 # fails the benchmark instead of hanging it.
 DEADLINE = 30.0
+# A HeldCreation stays parked for the whole single-threaded phase of
+# compare.py (every case, interleaved): about 20 s on a quiet machine, more
+# on a loaded one, so its deadline is longer.
+HELD_DEADLINE = 120.0
 
 _LOOP_TEMPLATE = """\
 {kind}def _loop(_n, _ns=_ns, _timer=_timer, _repeat=_repeat):
@@ -168,7 +172,7 @@ class HeldCreation:
 
     def _creator(self) -> Any:
         self._entered.set()
-        if not self._release.wait(DEADLINE):
+        if not self._release.wait(HELD_DEADLINE):
             raise RuntimeError("HeldCreation was never released")
         return self._result
 

@@ -12,6 +12,7 @@ installs, in each order, are in scripts/dogpile_cache_installs.py (run by
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,3 +115,96 @@ def test_one_warning_where_it_is_broken(tmp_path, state, problem, module):
 
 def test_warning_class_is_public():
     assert issubclass(dogpile.DogpileCacheConflictWarning, UserWarning)
+
+
+# -- one list of supported CPython versions ------------------------------------------
+#
+# The classifiers in pyproject.toml are the list; requires-python, the
+# cibuildwheel selection, noxfile.py's PYTHONS and the README must say the
+# same.  pyproject.toml sits beside tests/ wherever the suite runs (the
+# source tree, and the copies that scripts/check_wheel.sh, cibuildwheel and
+# scripts/newest_pythons.sh test from); the README and noxfile.py only in
+# the source tree.
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pyproject():
+    try:
+        import tomllib
+    except ImportError:  # before 3.11
+        import tomli as tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def _supported():
+    """The versions of the classifiers, as (3, minor) tuples, in order."""
+    found = []
+    for c in _pyproject()["project"]["classifiers"]:
+        m = re.fullmatch(r"Programming Language :: Python :: 3\.(\d+)", c)
+        if m:
+            found.append((3, int(m.group(1))))
+    return found
+
+
+def _text(version):
+    return f"{version[0]}.{version[1]}"
+
+
+def test_supported_versions_are_one_unbroken_range():
+    versions = _supported()
+    assert versions, "no 'Programming Language :: Python :: 3.X' classifier in pyproject.toml"
+    assert versions == [(3, m) for m in range(versions[0][1], versions[-1][1] + 1)], (
+        f"the classifiers skip or repeat a version: {[_text(v) for v in versions]}"
+    )
+    # The version of the current release (the newest one CI runs) is in it.
+    assert (3, 15) in versions
+
+
+def test_requires_python_is_the_oldest_supported():
+    versions = _supported()
+    assert _pyproject()["project"]["requires-python"] == f">={_text(versions[0])}"
+
+
+def test_cibuildwheel_builds_exactly_the_supported_versions():
+    build = _pyproject()["tool"]["cibuildwheel"]["build"]
+    selectors = build.split() if isinstance(build, str) else list(build)
+    assert selectors == [f"cp3{minor}-*" for _, minor in _supported()]
+
+
+def _source_file(name):
+    path = os.path.join(ROOT, name)
+    if not os.path.exists(path):
+        pytest.skip(
+            f"{name} is not beside tests/ (a run from a copy of the tests against an installed "
+            "wheel); the source-tree runs of .ci/run check it"
+        )
+    return path
+
+
+def test_nox_runs_the_supported_versions():
+    import ast
+
+    with open(_source_file("noxfile.py")) as f:
+        tree = ast.parse(f.read())
+    (pythons,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "PYTHONS" for t in node.targets)
+    ]
+    assert ast.literal_eval(pythons) == [_text(v) for v in _supported()]
+
+
+def test_readme_states_the_supported_versions():
+    with open(_source_file("README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    oldest, newest = _text(_supported()[0]), _text(_supported()[-1])
+    assert f"Supported: CPython {oldest} to {newest}," in readme
+    # Every range the README states outside its measurements (the Speed
+    # section says where each number was taken) is the supported one.
+    claims = readme.split("\n## Speed\n")[0] + readme.split("\n## Speed\n")[1].split("\n## ", 1)[1]
+    ranges = set(re.findall(r"CPython (3\.\d+) to (3\.\d+)", claims))
+    assert ranges == {(oldest, newest)}, ranges
+    assert not re.search(r"CPython 3\.\d+ and (newer|later)", readme)

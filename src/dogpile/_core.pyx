@@ -85,6 +85,12 @@ cdef extern from "_native_lock.h" nogil:
     int dp_rw_read_release(dp_rwstate *rw)
     int dp_rw_write_release(dp_rwstate *rw, uint64_t ident)
 
+cdef extern from "_fastcall.h":
+    ctypedef object (*dp_one_arg)(object, object)
+    int dp_install_fast_method(object type, const char *name, dp_one_arg fn, Py_ssize_t nargs) except -1
+    ctypedef object (*dp_make_lock)(object, object, object, object, object)
+    int dp_install_lock_vectorcall(object type, dp_make_lock maker) except -1
+
 cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
 
@@ -495,6 +501,17 @@ cdef class Dogpile:
         acq.value_and_created_fn = value_and_created_fn
         return acq
 
+    def get(self, creator, value_fn=None, value_and_created_fn=None):
+        """Return the value that ``acquire()`` would give its ``as`` target:
+        the same arguments and rules, without a ``with`` block (the form for
+        hot loops): ``value = d.get(creator)``."""
+        if not callable(creator) or (
+            (value_fn is not None or value_and_created_fn is not None)
+            and not _optional_fns_ok(value_fn, value_and_created_fn)
+        ):
+            check_acquire_args(creator, value_fn, value_and_created_fn)
+        return _enter(self, creator, value_fn, value_and_created_fn)
+
     def __repr__(self):
         return (
             f"<{type(self).__name__} expiretime={self.expiretime!r} "
@@ -880,6 +897,9 @@ cdef class _Acquisition:
     cdef object value_and_created_fn
     cdef ReadWriteMutex rw  # SyncReaderDogpile's: held for the block
 
+    # METH_NOARGS instead of a keyword-parsing wrapper: the `with` statement
+    # calls it with no arguments, every time.
+    @cython.always_allow_keywords(False)
     def __enter__(self):
         if self.dogpile is None:  # type(acq)(): not made by Dogpile.acquire()
             raise TypeError("use Dogpile.acquire() to make an acquisition")
@@ -917,6 +937,14 @@ cdef class SyncReaderDogpile(Dogpile):
         cdef _Acquisition acq = Dogpile.acquire(self, creator, value_fn, value_and_created_fn)
         acq.rw = self._rw
         return acq
+
+    def get(self, creator, value_fn=None, value_and_created_fn=None):
+        """Like Dogpile.get(), returning once no writer holds the write lock
+        (the read lock is taken and released, as by an empty block)."""
+        value = Dogpile.get(self, creator, value_fn, value_and_created_fn)
+        self._rw._acquire_read(True)
+        self._rw._release_read()
+        return value
 
     def acquire_write_lock(self):
         """Return a context manager that holds the write lock."""
@@ -979,6 +1007,7 @@ cdef class Lock:
     def expiretime(self, value):
         self._expiretime = _seconds(value)
 
+    @cython.always_allow_keywords(False)  # METH_NOARGS, as _Acquisition's
     def __enter__(self):
         cdef double createdtime
         try:
@@ -1209,3 +1238,72 @@ cdef class ReadWriteMutex:
         if _green_waiting:
             _green_wake(&self._state)
         return 0
+
+
+@cython.final
+cdef class _NoOp:
+    """A context manager that does nothing, compiled like the rest of this
+    module: what a ``with`` block costs on this interpreter before any work
+    (benchmarks/compare.py's floor)."""
+
+    @cython.always_allow_keywords(False)
+    def __enter__(self):
+        return None
+
+    def __exit__(self, exc_type, exc, tb):
+        return None
+
+    def acquire(self, creator, /):
+        """This object, to time ``with noop.acquire(creator)``."""
+        return self
+
+    def get(self, creator, /):
+        """``creator``, to time ``noop.get(creator)``."""
+        return creator
+
+
+# `Lock(...)` and the one-argument calls, `d.acquire(creator)`,
+# `d.get(creator)` and `registry.get(key)`, without
+# Cython's generic argument parsing (and, for NameRegistry.get's **kw, a
+# dict per call): _fastcall.h.  Any other call goes to the methods above.
+cdef object _fast_dogpile_get(object self, object creator):
+    if not callable(creator):
+        check_acquire_args(creator, None, None)
+    return _enter(<Dogpile>self, creator, None, None)
+
+
+cdef object _fast_dogpile_acquire(object self, object creator):
+    if not callable(creator):
+        check_acquire_args(creator, None, None)
+    cdef _Acquisition acq = _Acquisition.__new__(_Acquisition)
+    acq.dogpile = <Dogpile>self
+    acq.creator = creator
+    return acq
+
+
+cdef object _fast_registry_get(object self, object identifier):
+    cdef NameRegistry registry = <NameRegistry>self
+    ref = registry._values.get(identifier)
+    if ref is not None:
+        obj = ref()
+        if obj is not None:
+            return obj
+    return registry._sync_get(identifier, (), {})
+
+
+cdef object _fast_new_lock(object mutex, object creator, object value_and_created_fn,
+                           object expiretime, object async_creator):
+    # Lock.__init__, for the positional call (_fastcall.h).
+    cdef Lock lock = Lock.__new__(Lock)
+    lock._expiretime = _seconds(expiretime)
+    lock.mutex = mutex
+    lock.creator = creator
+    lock.value_and_created_fn = value_and_created_fn
+    lock.async_creator = async_creator
+    return lock
+
+
+dp_install_lock_vectorcall(Lock, _fast_new_lock)
+dp_install_fast_method(Dogpile, b"acquire", _fast_dogpile_acquire, 1)
+dp_install_fast_method(Dogpile, b"get", _fast_dogpile_get, 1)
+dp_install_fast_method(NameRegistry, b"get", _fast_registry_get, 1)

@@ -303,6 +303,22 @@ class Dogpile(_StateFirst):
             check_acquire_args(creator, value_fn, value_and_created_fn)
         return _Acquisition(self, creator, value_fn, value_and_created_fn)
 
+    def get(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]] = None,
+        value_and_created_fn: Optional[Callable[[], Any]] = None,
+    ) -> Any:
+        """Return the value that ``acquire()`` would give its ``as`` target:
+        the same arguments and rules, without a ``with`` block (the form for
+        hot loops): ``value = d.get(creator)``."""
+        if not callable(creator) or (
+            (value_fn is not None or value_and_created_fn is not None)
+            and not _optional_fns_ok(value_fn, value_and_created_fn)
+        ):
+            check_acquire_args(creator, value_fn, value_and_created_fn)
+        return self._enter(creator, value_fn, value_and_created_fn)
+
     # -- the algorithm ------------------------------------------------------
 
     def _enter(
@@ -797,6 +813,18 @@ class SyncReaderDogpile(Dogpile):
     ) -> "_Acquisition":
         """Like Dogpile.acquire(), with the read lock held for the block."""
         return Dogpile.acquire(self, creator, value_fn, value_and_created_fn)
+
+    def get(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]] = None,
+        value_and_created_fn: Optional[Callable[[], Any]] = None,
+    ) -> Any:
+        """Like Dogpile.get(), returning once no writer holds the write lock
+        (the read lock is taken and released, as by an empty block)."""
+        value = Dogpile.get(self, creator, value_fn, value_and_created_fn)
+        self._rw.release_read_lock()
+        return value
 
     def acquire_write_lock(self) -> "_WriteLock":
         """Return a context manager that holds the write lock."""

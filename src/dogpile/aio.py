@@ -938,6 +938,18 @@ class AsyncDogpile:
         last = self._last = _Acquisition(state, creator, value_fn, value_and_created_fn)
         return last
 
+    async def get(
+        self,
+        creator: Callable[[], Any],
+        value_fn: Optional[Callable[[], Any]] = None,
+        value_and_created_fn: Optional[Callable[[], Any]] = None,
+    ) -> Any:
+        """Return the value that ``acquire()`` would give its ``as`` target:
+        the same arguments and rules, without an ``async with`` block:
+        ``value = await d.get(creator)``."""
+        # __aexit__ does nothing, so entering alone is the whole acquisition.
+        return await self.acquire(creator, value_fn, value_and_created_fn).__aenter__()
+
     def __repr__(self) -> str:
         return repr(self._state)
 

@@ -474,3 +474,60 @@ def test_lock_api_no_value_waits_then_reads_what_another_holder_created(impl, re
     redis_client.delete(value_key, value_key + ":t")
     assert result == ["theirs"]
     assert created == []
+
+
+# -- an asyncio lock given to the threading front ------------------------------------------
+
+
+class _PartialLock:
+    """acquire() and release() are functools.partial objects of coroutine
+    functions, set on the instance."""
+
+    def __init__(self):
+        import functools
+
+        lock = asyncio.Lock()
+        self.acquire = functools.partial(lock.acquire)
+        self.release = lock.release
+
+
+@pytest.mark.parametrize("kind", ["AsyncRedisMutex", "asyncio.Lock", "partial"])
+def test_an_asyncio_lock_is_refused_by_dogpile_and_lock(impl, redis_url, redis_client, key, kind):
+    """Its acquire(False) would return a coroutine, which is truthy: the
+    Dogpile would believe it held a lock that another client holds, and run
+    the creator.  Refused with a message naming the asyncio front."""
+    import redis.asyncio
+
+    from dogpile.mutexes import AsyncRedisMutex
+
+    redis_client.set(key, "another client", px=60_000)
+    created = []
+
+    def creator():
+        created.append(1)
+        return "value", time.time()
+
+    def stored():
+        return "stale", time.time() - 3600
+
+    async def check():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            lock = {
+                "AsyncRedisMutex": lambda: AsyncRedisMutex(client, key),
+                "asyncio.Lock": asyncio.Lock,
+                "partial": _PartialLock,
+            }[kind]()
+            expected = r"coroutine function .*use it with dogpile\.aio\.AsyncDogpile"
+            with pytest.raises(TypeError, match=expected):
+                impl.Dogpile(60, lock=lock)
+            for stale in (stored, lambda: (_ for _ in ()).throw(NeedRegenerationException())):
+                with pytest.raises(TypeError, match=expected):
+                    with impl.Lock(lock, creator, stale, 60):
+                        pass
+        finally:
+            await client.connection_pool.disconnect()
+
+    asyncio.run(check())
+    assert created == []
+    assert redis_client.get(key) == b"another client"

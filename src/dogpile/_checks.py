@@ -56,6 +56,18 @@ def check_lock(lock: Any, what: str = "lock") -> None:
                 f"{what} must have acquire() and release() methods, "
                 f"like threading.Lock; {_kind(lock)!r} has no {method}()"
             )
+    # An asyncio lock's acquire() returns a coroutine without waiting, and a
+    # coroutine is truthy: the lock would seem taken while another holder
+    # has it, and the creator would run unprotected.  (iscoroutinefunction
+    # sees through bound methods and functools.partial.)
+    for method in ("acquire", "release"):
+        if inspect.iscoroutinefunction(getattr(lock, method)):
+            raise TypeError(
+                f"{what} must be a threading lock, like threading.Lock or "
+                f"dogpile.mutexes.RedisMutex; {_kind(lock)}.{method}() is a coroutine "
+                "function (an asyncio lock): use it with dogpile.aio.AsyncDogpile "
+                "or dogpile.aio.AsyncLock"
+            )
 
 
 def check_callable(name: str, fn: Any, optional: bool = False) -> None:

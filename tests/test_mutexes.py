@@ -502,3 +502,97 @@ def test_a_forked_child_does_not_hold_or_release_the_parents_lock(tmp_path):
         )
         == "ok"
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() and flock are POSIX-only here")
+def test_a_file_another_user_owns_is_locked_read_only(tmp_path):
+    """Services running as different users share one lock file that one of
+    them owns (0644): the others may only read it, and flock needs no more.
+    The other user is real: as root (CI), a forked child drops to uid/gid
+    65534; otherwise the file is made read-only for its owner, which
+    refuses a read-write open the same way.  Where neither a read-write nor
+    a read-only open (or the creation) works, the error says what was tried."""
+    script = f"""
+        import os, select, shutil, sys, tempfile
+        from dogpile.mutexes import FileMutex
+        DEADLINE = {DEADLINE}
+        root = os.getuid() == 0
+        d = tempfile.mkdtemp(dir={str(tmp_path)!r} if not root else None)
+        shared, secret = os.path.join(d, "shared.lock"), os.path.join(d, "secret.lock")
+        for path, mode in ((shared, 0o644 if root else 0o444), (secret, 0o600 if root else 0o200)):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(path, mode)
+        os.chmod(d, 0o755 if root else 0o555)
+        owner = FileMutex(shared) if root else None
+        if owner is not None:
+            owner.acquire()
+        from_parent, to_child = os.pipe()
+        from_child, to_parent = os.pipe()
+
+        def say(fd, word):
+            os.write(fd, word.encode() + b"\\n")
+
+        def hear(fd):
+            ready, _, _ = select.select([fd], [], [], DEADLINE)
+            assert ready, "no word from the other process"
+            return os.read(fd, 64).decode().strip()
+
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(from_child)
+                os.close(to_child)
+                if root:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    os.close(os.open(shared, os.O_RDWR))
+                    raise SystemExit("the shared file opened read-write: no test")
+                except PermissionError:
+                    pass
+                mutex = FileMutex(shared)
+                if root:
+                    assert not mutex.acquire(False), "took the lock the owner holds"
+                    say(to_parent, "waiting")
+                    assert mutex.acquire(timeout=DEADLINE), "never got the lock"
+                else:
+                    assert mutex.acquire(False)
+                say(to_parent, "holding")
+                assert hear(from_parent) == "release"
+                mutex.release()
+                for path, words in (
+                    (secret, ["not for reading and writing", "nor read-only"]),
+                    (os.path.join(d, "missing.lock"), ["cannot create", "does not exist"]),
+                ):
+                    try:
+                        FileMutex(path)
+                    except PermissionError as exc:
+                        assert path in str(exc) and all(w in str(exc) for w in words), exc
+                    else:
+                        raise AssertionError(f"opened {{path}}")
+                code = 0
+            except BaseException as exc:
+                print("child:", repr(exc), file=sys.stderr)
+            finally:
+                os._exit(code)
+        os.close(to_parent)
+        os.close(from_parent)
+        if root:
+            assert hear(from_child) == "waiting"
+            owner.release()
+        assert hear(from_child) == "holding"
+        # The read-only descriptor's lock excludes a read-write one.
+        assert not FileMutex(shared).acquire(False), "the other user's lock did not hold"
+        say(to_child, "release")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        again = FileMutex(shared)
+        assert again.acquire(False)
+        again.release()
+        os.chmod(d, 0o700)
+        shutil.rmtree(d)
+        print("ok")
+        """
+    assert run_child(script) == "ok"

@@ -177,6 +177,43 @@ else:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file: read-write if allowed, else read-only
+    (an advisory lock needs no write access, so services running as other
+    users can share a file that one of them owns), created only when
+    missing."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            pass
+        except PermissionError as exc:
+            try:
+                return os.open(path, os.O_RDONLY)
+            except PermissionError as exc_ro:
+                raise PermissionError(
+                    exc_ro.errno,
+                    f"FileMutex cannot open the lock file {path!r}: not for reading and "
+                    f"writing ({exc.strerror}) nor read-only ({exc_ro.strerror}); it "
+                    "needs read access at least",
+                ) from None
+            except FileNotFoundError:
+                continue  # removed in between: create it
+        try:
+            # O_EXCL: when another process creates it first, open theirs
+            # instead (the loop), so that both lock the same file.
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except PermissionError as exc:
+            raise PermissionError(
+                exc.errno,
+                f"FileMutex cannot create the lock file {path!r}: it does not exist and "
+                f"its directory does not allow creating it ({exc.strerror}); create it "
+                "beforehand, readable by every user of the lock",
+            ) from None
+
+
 def _close_fd_in(cell: List[Optional[int]]) -> None:
     fd = cell[0]
     cell[0] = None
@@ -190,10 +227,13 @@ def _close_fd_in(cell: List[Optional[int]]) -> None:
 class FileMutex(_MutexBase):
     """A lock shared by the processes of one host through a lock file.
 
-    :param path: the lock file (str, bytes or path-like).  It is created if
-        missing, and never deleted: deleting a lock file that another
-        process has open would let a third one lock a new file of the same
-        name while the second still holds the old one.  Every process must
+    :param path: the lock file (str, bytes or path-like).  It is opened
+        read-write, or read-only when this user may not write it (locking
+        needs only read access, so services running as different users can
+        share one file); created if missing, and never deleted: deleting a
+        lock file that another process has open would let a third one lock
+        a new file of the same name while the second still holds the old
+        one.  Every process must
         use the same path, on a local file system (advisory locks over NFS
         are not reliable).
 
@@ -233,7 +273,7 @@ class FileMutex(_MutexBase):
         return self._path
 
     def _open(self) -> int:
-        return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        return _open_lock_file(self._path)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock, waiting if ``blocking`` (at most ``timeout``

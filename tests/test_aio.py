@@ -1797,3 +1797,86 @@ def test_the_asyncio_demo_shows_one_backend_call_per_expiry(pure):
     expected = "dogpile._core_py" if pure or dogpile.IMPLEMENTATION == "python" else None
     if expected is not None:
         assert cls._is_expired.__module__ == expected
+
+
+# -- a child forked while the event loop runs -----------------------------------------------
+
+_FORKED = r"""
+import asyncio, importlib, json, multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import redis.asyncio
+from dogpile import aio
+from dogpile._aio_redis import AsyncRedisMutex
+
+url, key, core = sys.argv[1], sys.argv[2], sys.argv[3]
+classes = aio._build(importlib.import_module(core))
+client = redis.asyncio.Redis.from_url(url)
+# Module-level, as a service would have them: used in the parent's loop,
+# then in a child forked from inside that loop.
+plain = classes.AsyncDogpile(60)
+mutex = AsyncRedisMutex(client, key, lease=5)
+shared = classes.AsyncDogpile(60, lock=mutex)
+
+
+async def use(tag):
+    async def make():
+        return f"{tag}-{os.getpid()}"
+
+    for d in (plain, shared):
+        d.createdtime = -1  # no value: the next acquire() takes the lock
+    async with plain.acquire(make) as a:
+        pass
+    async with shared.acquire(make) as b:
+        pass
+    async with mutex:
+        held = await mutex.locked()
+    return [a, b, held]
+
+
+def in_child():
+    async def main():
+        try:
+            return await use("child")
+        finally:
+            await client.connection_pool.disconnect()
+
+    return asyncio.run(asyncio.wait_for(main(), 20))
+
+
+async def parent():
+    first = await use("parent")
+    # The child opens connections of its own.
+    await client.connection_pool.disconnect()
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=fork) as pool:
+        second = await asyncio.get_running_loop().run_in_executor(pool, in_child)
+    third = await use("parent")
+    await client.connection_pool.disconnect()
+    print(json.dumps([first, second, third]))
+
+
+asyncio.run(asyncio.wait_for(parent(), 30))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_child_forked_from_a_running_loop_starts_clean(impl, redis_url, redis_client, key):
+    """The child's copy of the parent's loop still reads as running; the
+    AsyncDogpile's default lock and the AsyncRedisMutex's local queue must
+    not take that for a loop in use."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORKED, redis_url, key, impl.__name__],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3 * DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second, third = json.loads(proc.stdout.strip().splitlines()[-1])
+    parent_pid = first[0].split("-")[1]
+    assert first == [f"parent-{parent_pid}"] * 2 + [True]
+    assert second[0].startswith("child-") and second[0] != f"child-{parent_pid}"
+    assert second == [second[0]] * 2 + [True]
+    assert third == first
+    assert redis_client.exists(key) == 0, "the lock was left held"

@@ -16,6 +16,7 @@ queue on an asyncio.Lock before they reach the server.  Re-exported by
 import asyncio
 import inspect
 import math
+import os
 import random
 import secrets
 import time
@@ -119,7 +120,7 @@ class AsyncRedisMutex(_RedisKey):
     key it may have set.
     """
 
-    __slots__ = ("_local", "_local_loop")
+    __slots__ = ("_local", "_local_loop", "_local_pid")
 
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
@@ -144,6 +145,7 @@ class AsyncRedisMutex(_RedisKey):
         # event loop (see _local_lock).
         self._local: Optional[asyncio.Lock] = None
         self._local_loop: Any = None
+        self._local_pid = 0
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
 
@@ -153,12 +155,17 @@ class AsyncRedisMutex(_RedisKey):
         if ref is not None and ref() is loop and self._local is not None:
             return self._local
         if self._local is not None:
-            _check_loop_switch(ref() if ref is not None else None, self._local, self)
-            # Held in a loop that is closed now: its key ends with its lease.
+            _check_loop_switch(
+                ref() if ref is not None else None, self._local, self, self._local_pid
+            )
+            # Held in a loop that is closed now, or in the parent of this
+            # forked child: its key ends with its lease (or the parent's
+            # release), never with a release from here.
             self._token = None
             self._renewal[0] = None
         self._local = asyncio.Lock()
         self._local_loop = weakref.ref(loop)
+        self._local_pid = os.getpid()
         return self._local
 
     async def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:

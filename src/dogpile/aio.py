@@ -25,6 +25,7 @@ import importlib
 import inspect
 import logging
 import math
+import os
 import sys
 import threading
 import types
@@ -248,10 +249,15 @@ def _release_if_taken(mutex: Any, task: "asyncio.Future[bool]") -> None:
         _release_later(mutex)
 
 
-def _check_loop_switch(old_loop: Any, lock: Any, owner: Any) -> None:
-    """May ``owner`` drop its lock of ``old_loop`` for the running loop?"""
+def _check_loop_switch(old_loop: Any, lock: Any, owner: Any, pid: int) -> None:
+    """May ``owner`` drop its lock of ``old_loop`` (made in process ``pid``)
+    for the running loop?"""
     if old_loop is None or old_loop.is_closed():
         return  # that loop's tasks will never run again
+    if pid != os.getpid():
+        # A child forked while that loop ran: the copy still reads as
+        # running (and its lock as held), but no task of it runs here.
+        return
     if old_loop.is_running() or lock.locked():
         raise RuntimeError(
             f"{owner!r} is in use by another event loop that is still open "
@@ -329,6 +335,7 @@ class _State:
         "lock",
         "custom_lock",
         "lock_loop",
+        "lock_pid",
         "try_acquire",
         "attempt",
         "serial",
@@ -361,6 +368,7 @@ class _State:
         self.lock: Any = None
         self.custom_lock = False
         self.lock_loop: Any = None  # weak reference to the default lock's loop
+        self.lock_pid = 0  # the process that made it (see _check_loop_switch)
         self.try_acquire: Callable[[Any], Any] = _try_acquire_now
         self.attempt: Optional[_Attempt] = None
         self.serial = 0
@@ -403,13 +411,14 @@ class _State:
     def new_loop(self, loop: asyncio.AbstractEventLoop) -> Any:
         old = self.lock_loop() if self.lock_loop is not None else None
         if self.lock is not None:
-            _check_loop_switch(old, self.lock, self)
+            _check_loop_switch(old, self.lock, self, self.lock_pid)
         if old is not None:
             _log.debug("%r: a new lock for event loop %r", self, loop)
         # Made inside the running loop: Python 3.9's asyncio.Lock binds to
         # the loop it is made in.
         self.lock = asyncio.Lock()
         self.lock_loop = weakref.ref(loop)
+        self.lock_pid = os.getpid()
         # What belonged to the closed loop: its tasks will never finish.
         attempt = self.attempt
         if attempt is not None and attempt.state == _PENDING:

@@ -122,3 +122,38 @@ def lint(session: nox.Session) -> None:
 def check_wheel(session: nox.Session) -> None:
     """scripts/check_wheel.sh with the interpreter running nox."""
     session.run("bash", "scripts/check_wheel.sh", env={"PYTHON": sys.executable})
+
+
+@nox.session(python="3.11")
+def redis_oldest(session: nox.Session) -> None:
+    """The Redis and mutex tests against the oldest redis-py the package
+    accepts (the ``redis>=X.Y`` of the redis extra in pyproject.toml, pinned
+    to ``X.Y.*``): its clients differ from today's in what a mutex relies
+    on (a single-connection client without a lock, no retry by default, an
+    asyncio close() that leaves the pool open)."""
+    pyproject = nox.project.load_toml("pyproject.toml")
+    (oldest,) = [
+        r for r in pyproject["project"]["optional-dependencies"]["redis"] if r.startswith("redis>=")
+    ]
+    pin = "redis==" + oldest.split(">=", 1)[1] + ".*"
+    wheel = _wheel_from_sdist(session)
+    session.install(f"{wheel}[test]", pin)
+    session.run(
+        "python",
+        "-c",
+        "import dogpile, redis, sys; print('redis', redis.__version__, dogpile.IMPLEMENTATION); "
+        "sys.exit(dogpile.IMPLEMENTATION != 'cython')",
+    )
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_redis_mutex.py",
+        "tests/test_mutexes.py",
+        "tests/test_aio.py",
+        "tests/test_cross_process.py",
+        *session.posargs,
+        env={"DOGPILE_NO_EXTENSIONS": None},
+    )

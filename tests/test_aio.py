@@ -1494,9 +1494,12 @@ def key(redis_client):
 
 
 async def aclose(client):
-    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1)."""
+    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1) and its
+    pool's connections (which ``close()`` before 4.5 left open, to be
+    collected after their loop had closed)."""
     close = getattr(client, "aclose", None) or client.close
     await close()
+    await client.connection_pool.disconnect()
 
 
 def run_with_client(url, body, *args):
@@ -1880,3 +1883,31 @@ def test_a_child_forked_from_a_running_loop_starts_clean(impl, redis_url, redis_
     assert second == [second[0]] * 2 + [True]
     assert third == first
     assert redis_client.exists(key) == 0, "the lock was left held"
+
+
+def test_async_redis_mutex_with_a_single_connection_client(redis_url, redis_client, key):
+    """redis.asyncio's single-connection client: the caller's blocking
+    command holds its one connection for three leases; the renewal task
+    must not wait behind it (nor share it) and let the lease run out."""
+    import redis.asyncio
+
+    side = key + ":side"
+
+    async def main():
+        pool = redis.asyncio.ConnectionPool.from_url(redis_url, socket_timeout=DEADLINE)
+        client = redis.asyncio.Redis(connection_pool=pool, single_connection_client=True)
+        try:
+            mutex = AsyncRedisMutex(client, key, lease=0.3)
+            assert await mutex.acquire()
+            token = redis_client.get(key)
+            assert await client.blpop([side], timeout=1) is None
+            assert redis_client.get(key) == token, "the lease ran out behind the caller"
+            for i in range(200):
+                await client.set(side, i)
+                assert await client.get(side) == str(i).encode()
+            await mutex.release()
+            assert not redis_client.exists(key)
+        finally:
+            await aclose(client)
+
+    run(main)

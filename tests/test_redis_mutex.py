@@ -531,3 +531,43 @@ def test_an_asyncio_lock_is_refused_by_dogpile_and_lock(impl, redis_url, redis_c
     asyncio.run(check())
     assert created == []
     assert redis_client.get(key) == b"another client"
+
+
+# -- a client of one connection --------------------------------------------------------
+
+
+def test_a_single_connection_client_keeps_its_connection_to_itself(redis_url, redis_client, key):
+    """redis.Redis(single_connection_client=True) has one connection, which
+    redis-py before 5.3 did not guard against two threads: the renewer's
+    EVAL and the caller's own commands crossed replies.  From 5.3 a lock
+    guards it, and a renewer waiting for it behind the caller's blocking
+    command lets the lease run out.  The mutex's commands go through
+    connections of their own from the client's pool."""
+    # Not from_url(..., single_connection_client=True): redis-py 4.2 passes
+    # that on to the connections.
+    pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=DEADLINE)
+    client = redis.Redis(connection_pool=pool, single_connection_client=True)
+    side = key + ":side"
+    try:
+        mutex = RedisMutex(client, key, lease=0.3)  # renewed every 0.1 s
+        assert mutex.acquire()
+        token = redis_client.get(key)
+        # The caller holds its connection for three leases.
+        assert client.blpop([side], timeout=1) is None
+        assert redis_client.get(key) == token, "the lease ran out: the renewer was kept waiting"
+        wrong = []
+        end = time.monotonic() + 0.5
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            client.set(side, i)
+            got = client.get(side)
+            if got != str(i).encode():
+                wrong.append(got)
+        assert wrong == [], f"{len(wrong)} of {i} replies were another command's"
+        mutex.release()
+        assert not redis_client.exists(key)
+    finally:
+        client.close()
+        pool.disconnect()
+        redis_client.delete(side)

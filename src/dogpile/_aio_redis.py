@@ -102,7 +102,9 @@ class AsyncRedisMutex(_RedisKey):
     key, for asyncio.
 
     :param client: an asyncio redis client (``redis.asyncio.Redis``, or
-        valkey's) that the caller already has.
+        valkey's) that the caller already has (a
+        ``single_connection_client``'s connection is left to its owner: the
+        mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).
     :param lease: seconds the lock lasts if its holder goes away without
         releasing it.

@@ -416,6 +416,40 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
     return (exceptions.ConnectionError, exceptions.TimeoutError)
 
 
+def _single_connection(client: Any) -> bool:
+    """Is ``client`` redis-py's ``single_connection_client`` (sync, where the
+    connection is taken at construction, or asyncio, where redis-py 4.2
+    takes it at the first command)?"""
+    return (
+        getattr(client, "connection", None) is not None
+        or getattr(client, "single_connection_client", False) is True
+        or getattr(client, "_single_connection_client", False) is True
+    )
+
+
+def _mutex_client(client: Any) -> Any:
+    """The client the mutex sends its commands through.
+
+    A single-connection client has one connection for all its callers.
+    redis-py up to 5.2 does not guard it against two threads at once (the
+    renewer's reply went to the caller's GET, and the caller's to the
+    renewer), and from 5.3 a lock serializes it, so a renewal queued behind
+    the caller's blocking command lets the lease run out.  The mutex
+    leaves that connection to its owner: a client of the same class over
+    the same pool (same server, database and options) takes connections of
+    its own, one per command, as any pooled client does."""
+    if not _single_connection(client):
+        return client
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise TypeError(
+            f"a single-connection {type(client).__name__!r} without a connection_pool: "
+            "the mutex's renewal cannot share that connection safely; pass a pooled "
+            "client (the default, single_connection_client=False)"
+        )
+    return type(client)(connection_pool=pool)
+
+
 def _server_address(client: Any) -> str:
     """host:port/db (or the socket path) of the client's server, for errors."""
     pool = getattr(client, "connection_pool", None)
@@ -506,7 +540,7 @@ class _RedisKey:
             raise ValueError("name must be a non-empty key")
         self._lease_ms = _lease_ms(lease)
         self._lease = float(lease)
-        self._client = client
+        self._client = _mutex_client(client)
         self._name = name
         self._auto_renew = bool(auto_renew)
         self._token: Optional[str] = None
@@ -532,7 +566,8 @@ class RedisMutex(_MutexBase, _RedisKey):
 
     :param client: a synchronous redis-py client (``redis.Redis``, or
         valkey's) that the caller already has; its connection pool is used
-        as it is.
+        as it is (a ``single_connection_client``'s connection is left to
+        its owner: the mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).
     :param lease: seconds the lock lasts if its holder goes away without
         releasing it (killed, frozen, cut off); a dead holder blocks others

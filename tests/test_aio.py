@@ -31,7 +31,6 @@ try:
     from dogpile.mutexes import AsyncRedisMutex
 except ImportError:  # until dogpile.mutexes re-exports it
     from dogpile._aio_redis import AsyncRedisMutex
-from dogpile import _aio_redis
 
 
 @pytest.fixture
@@ -1591,7 +1590,7 @@ def test_async_redis_mutex_cancelled_at_any_point_leaves_no_key(redis_url, redis
                 assert await task
             except asyncio.CancelledError:
                 # Its SET may still be on the wire: wait for the take-back.
-                await wait_until_async(lambda: not _aio_redis._cleanups, "the take-back")
+                await wait_until_async(lambda: not aio._cleanups, "the take-back")
             else:
                 await mutex.release()
             assert redis_client.exists(key) == 0
@@ -1911,3 +1910,191 @@ def test_async_redis_mutex_with_a_single_connection_client(redis_url, redis_clie
             await aclose(client)
 
     run(main)
+
+
+# -- a release whose reply was lost, or that is cancelled ------------------------------------
+
+
+@pytest.fixture
+def proxy(redis_url):
+    import redis_proxy
+
+    p = redis_proxy.proxy_for(redis_url)
+    yield p
+    p.close()
+
+
+def test_async_release_whose_reply_was_lost_is_resent_and_succeeds(
+    AsyncDogpile, redis_client, key, proxy
+):
+    """As for RedisMutex: the first run of the release deleted the key, its
+    reply was lost, the resent one must not report a lost lease; through an
+    AsyncDogpile the caller gets its value.  A lock taken by another holder
+    before the release ran is still LeaseLost, and left alone."""
+    import redis.asyncio
+    from redis_proxy import Rule, is_eval_of, resending
+
+    async def main():
+        client = redis.asyncio.Redis(
+            host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5)
+        )
+        try:
+            rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+            mutex = AsyncRedisMutex(client, key, lease=5)
+            async with AsyncDogpile(60, lock=mutex).acquire(lambda: "made") as value:
+                assert value == "made"
+            assert rule.seen == 2, "the release was not resent: no test"
+            assert redis_client.exists(key) == 0
+            proxy.rules.remove(rule)
+            stolen = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+            assert await mutex.acquire()
+            redis_client.set(key, "thief", px=60_000)
+            with pytest.raises(LeaseLost):
+                await mutex.release()
+            assert stolen.seen == 2
+            assert redis_client.get(key) == b"thief"
+            assert "free here" in repr(mutex)
+        finally:
+            await aclose(client)
+
+    run(main)
+
+
+@pytest.mark.parametrize("how", ["release", "async with"])
+def test_async_release_cancelled_while_waiting_for_a_connection(redis_url, redis_client, key, how):
+    """The pool's only connection is busy; release() waits for it and is
+    cancelled.  The key must then be gone, or still locked and the mutex
+    still held (never locked while the mutex says free), and once the
+    connection is back the key goes and the mutex is free."""
+    import redis.asyncio
+
+    side = key + ":side"
+
+    async def main():
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url, max_connections=1, timeout=DEADLINE
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        try:
+            mutex = AsyncRedisMutex(client, key, lease=30, auto_renew=False)
+            entered = asyncio.Event()
+            leave = asyncio.Event()
+
+            async def hold():
+                if how == "release":
+                    await mutex.acquire()
+                    entered.set()
+                    await leave.wait()
+                    await mutex.release()
+                else:
+                    async with mutex:
+                        entered.set()
+                        await leave.wait()
+
+            holder = asyncio.ensure_future(hold())
+            await entered.wait()
+            # Another task takes the pool's only connection.
+            blocker = asyncio.ensure_future(client.blpop([side], timeout=DEADLINE))
+            await wait_until_async(
+                lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+                "the blocking command",
+            )
+            leave.set()
+            for _ in range(20):  # the release starts and waits for the connection
+                await asyncio.sleep(0)
+            assert not holder.done()
+            holder.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await holder
+            if redis_client.exists(key):
+                assert "held here" in repr(mutex), "the key is locked and the mutex says free"
+                with pytest.raises(LockError, match="being released"):
+                    await mutex.release()
+            redis_client.rpush(side, "done")
+            assert await blocker == (side.encode(), b"done")
+            await wait_until_async(lambda: redis_client.exists(key) == 0, "the delete")
+            await wait_until_async(lambda: "free here" in repr(mutex), "the mutex freed")
+            assert await mutex.acquire(False)
+            await mutex.release()
+        finally:
+            await aclose(client)
+            redis_client.delete(side)
+
+    run(main)
+
+
+# -- nothing stays locked after asyncio.run() ------------------------------------------------
+
+_SHUTDOWN = r"""
+import asyncio, importlib, sys, time
+import redis.asyncio
+from dogpile import aio
+from dogpile._aio_redis import AsyncRedisMutex
+
+port, key, flag, core, case = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+classes = aio._build(importlib.import_module(core))
+
+
+async def until_flag(client):
+    # The proxy sets the flag when it holds back the command under test.
+    deadline = time.monotonic() + 20
+    while not await client.exists(flag):
+        assert time.monotonic() < deadline, "the proxy never saw the command"
+        await asyncio.sleep(0.005)
+
+
+async def background_release():
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+    d = classes.AsyncDogpile(60, lock=AsyncRedisMutex(client, key, lease=30), background=True)
+    async with d.acquire(lambda: "first") as value:
+        assert value == "first"
+    d.createdtime = time.time() - 3600
+    async with d.acquire(lambda: "second") as value:
+        assert value == "first"  # stale: the creation runs in the background
+    await until_flag(client)  # its release is on its way
+
+
+async def cancelled_acquire():
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+    mutex = AsyncRedisMutex(client, key, lease=30)
+    task = asyncio.ensure_future(mutex.acquire())
+    await until_flag(client)  # its SET ran; the reply is on its way
+    task.cancel()
+
+
+# main() returns with the clean-up under way: asyncio.run() cancels every
+# task of the loop and closes it.  (The client is left open on purpose: a
+# client closed here would cut off the clean-up for its own reasons.)
+asyncio.run({"background": background_release, "acquire": cancelled_acquire}[case]())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("case", ["background", "acquire"])
+def test_nothing_stays_locked_after_asyncio_run_ends(impl, redis_client, key, proxy, case):
+    """A background creation's release in flight when main() returns (the
+    proxy holds the command back until the client hangs up), and the
+    take-back of a cancelled acquire() whose SET ran (the proxy drops its
+    reply): the loop's shutdown cancels both, and neither may leave the
+    key locked for its 30 s lease."""
+    from redis_proxy import Rule, is_eval_of
+
+    flag = key + ":flag"
+    if case == "background":
+        # The first release (of the first creation) passes.
+        rule = Rule(is_eval_of(b"'del'"), "hold-command", skip=1)
+    else:
+        rule = Rule(is_eval_of(b"'NX'"), "drop-reply")
+    rule.on_act = lambda: redis_client.set(flag, 1)
+    proxy.add(rule)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHUTDOWN, str(proxy.port), key, flag, impl.__name__, case],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3 * DEADLINE,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert rule.acted.is_set()
+    assert redis_client.exists(key) == 0, "the key stayed locked after the loop ended"

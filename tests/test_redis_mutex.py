@@ -571,3 +571,55 @@ def test_a_single_connection_client_keeps_its_connection_to_itself(redis_url, re
         client.close()
         pool.disconnect()
         redis_client.delete(side)
+
+
+# -- a release whose reply was lost ----------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(redis_url):
+    import redis_proxy
+
+    p = redis_proxy.proxy_for(redis_url)
+    yield p
+    p.close()
+
+
+def test_a_release_whose_reply_was_lost_is_resent_and_succeeds(impl, redis_client, key, proxy):
+    """The release script runs, its reply is lost (the proxy drops it), the
+    client times out and resends it: the second run finds the key gone,
+    deleted by the first, and must not call that a lost lease.  Through a
+    Dogpile, the caller gets the value it created."""
+    from redis_proxy import Rule, is_eval_of, resending
+
+    rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5))
+    try:
+        mutex = RedisMutex(client, key, lease=5)
+        with impl.Dogpile(60, lock=mutex).acquire(lambda: "made") as value:
+            assert value == "made"
+        assert rule.seen == 2, "the release was not resent: no test"
+        assert not redis_client.exists(key)
+        assert mutex.acquire(False)
+        mutex.release()
+    finally:
+        client.close()
+
+
+def test_a_resent_release_of_a_lock_taken_meanwhile_is_still_lease_lost(redis_client, key, proxy):
+    """Idempotent for its own token only: a lock that was another holder's
+    before the release ran is reported, resent or not, and left alone."""
+    from redis_proxy import Rule, is_eval_of, resending
+
+    rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5))
+    try:
+        mutex = RedisMutex(client, key, lease=5, auto_renew=False)
+        mutex.acquire()
+        redis_client.set(key, "thief", px=60_000)
+        with pytest.raises(LeaseLost):
+            mutex.release()
+        assert rule.seen == 2, "the release was not resent: no test"
+        assert redis_client.get(key) == b"thief"
+    finally:
+        client.close()

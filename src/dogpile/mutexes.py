@@ -381,13 +381,54 @@ return 0
 
 # Compare-and-delete and compare-and-expire: atomic on the server, so a
 # holder whose lease ran out never deletes or extends a lock that someone
-# else has taken since.
-_RELEASE = """
+# else has taken since.  _DELETE_IF_OURS takes back a key that a failed or
+# cancelled acquire() may have set.
+_DELETE_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
 """
+
+# release(): compare-and-delete, made idempotent.  redis-py resends a
+# command whose reply was lost (a socket timeout, a dropped connection), and
+# the resent release finds the key gone, deleted by its own first run, or
+# already taken by a waiter since: from the key alone that looks like a
+# lease that ran out, and release() would raise LeaseLost for a lock it
+# held to the end.  Neither the key nor the client's clock can tell the
+# two apart (the client cannot see that its command was resent), so the
+# run that deletes leaves a note: a key of its own, named after this
+# token, that expires after _RELEASED_MS.  A run that finds the note
+# succeeds: this token's lock was released by this very release().  One
+# that finds neither its token nor the note raises LeaseLost as before:
+# the key had expired, or someone else had taken it, before the release
+# ran.  A minute is far longer than a client's retries take (redis-py's
+# default: 3 retries, back-off capped at 0.5 s, each after a socket
+# timeout); a note per release costs one small key for that minute.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+    return redis.call('del', KEYS[1])
+end
+return redis.call('exists', KEYS[2])
+"""
+_RELEASED_MS = 60_000
+
+
+def _released_key(name: Union[str, bytes], token: str) -> bytes:
+    """The note a release leaves for ``token`` (see _RELEASE), in the same
+    hash slot as the lock key ``name``: Redis Cluster runs a script only
+    on keys of one slot.  A name with a hash tag ``{...}`` gives its slot
+    to any key that starts with it; a name without one is hashed whole,
+    which ``{name}`` reproduces unless the name holds a "}"."""
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    suffix = b":dogpile-released:" + token.encode()
+    start = raw.find(b"{")
+    if start >= 0 and raw.find(b"}", start + 1) > start + 1:
+        return raw + suffix
+    if b"}" not in raw:
+        return b"{" + raw + b"}" + suffix
+    return raw + suffix  # no key shares its slot; right on one server
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -702,7 +743,7 @@ class RedisMutex(_MutexBase, _RedisKey):
 
     def _delete_if_ours(self, token: str) -> None:
         try:
-            self._client.eval(_RELEASE, 1, self._name, token)
+            self._client.eval(_DELETE_IF_OURS, 1, self._name, token)
         except Exception:
             pass  # unreachable: the lease ends it
 
@@ -726,7 +767,10 @@ class RedisMutex(_MutexBase, _RedisKey):
             renewal.stop.set()
         try:
             try:
-                deleted = self._client.eval(_RELEASE, 1, self._name, token)
+                deleted = self._client.eval(
+                    _RELEASE, 2, self._name, _released_key(self._name, token), token,
+                    _RELEASED_MS,
+                )
             except self._errors as exc:
                 raise self._unreachable(exc, "release()") from exc
         finally:

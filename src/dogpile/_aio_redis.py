@@ -2,11 +2,13 @@
 ``AsyncDogpile(..., lock=m)`` and ``AsyncLock(m, ...)``.
 
 The same key protocol as RedisMutex, with its scripts: ``SET NX PX`` of a
-random token per acquisition (made idempotent for a resent command),
-compare-and-delete on release, compare-and-expire to renew; the same
-guarantees: a holder whose lease ran out never deletes or extends another
-holder's lock (``release()`` raises LeaseLost instead), and a failure or a
-cancellation leaves nothing locked.  What differs is asyncio's: waiting
+random token per acquisition and compare-and-delete on release (both
+made idempotent for a resent command), compare-and-expire to renew; the
+same guarantees: a holder whose lease ran out never deletes or extends
+another holder's lock (``release()`` raises LeaseLost instead), and a
+failure or a cancellation leaves nothing locked: a release or a take-back
+cut off by a cancellation, or by ``asyncio.run()`` shutting its loop down,
+runs to its end before the loop closes (see aio._clean_up).  What differs is asyncio's: waiting
 polls with ``await asyncio.sleep`` instead of blocking a thread, the lease
 is renewed by a task instead of a thread, and the tasks of one process
 queue on an asyncio.Lock before they reach the server.  Re-exported by

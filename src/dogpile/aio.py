@@ -217,6 +217,8 @@ async def _shutdown_guard(pending: "Set[asyncio.Future[Any]]") -> Any:
 
 
 def _guard(loop: Any, pending: "Set[asyncio.Future[Any]]") -> None:
+    if getattr(loop, "_asyncgens_shutdown_called", False):
+        return  # shutting down already: a new generator would not be closed
     guard = _shutdown_guard(pending)
     # The first step registers it with the running loop (its asyncgen
     # firstiter hook), which will close it at shutdown.

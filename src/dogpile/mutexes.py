@@ -621,9 +621,11 @@ class RedisMutex(_MutexBase, _RedisKey):
     Acquiring sets the key to a random token, only if it does not exist
     (``SET NX PX``, in a script that also knows the key for its own when
     the client resends the command after a lost reply); releasing deletes
-    it only if it still holds that token (one atomic script), so a holder
-    whose lease ran out never deletes a lock that someone else has taken
-    since: ``release()`` raises ``LeaseLost`` instead.  A blocking ``acquire()`` retries with
+    it only if it still holds that token (one atomic script, which leaves
+    a short-lived note so that a release the client resends after a lost
+    reply finds it done), so a holder whose lease ran out never deletes a
+    lock that someone else has taken since: ``release()`` raises
+    ``LeaseLost`` instead.  A blocking ``acquire()`` retries with
     exponential back-off (capped at 0.1 s), so waiters do not hammer the
     server, and gives up after ``timeout``.  If the server cannot be
     reached, the client's ConnectionError (or TimeoutError) is raised with

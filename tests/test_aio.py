@@ -2098,3 +2098,33 @@ def test_nothing_stays_locked_after_asyncio_run_ends(impl, redis_client, key, pr
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     assert rule.acted.is_set()
     assert redis_client.exists(key) == 0, "the key stayed locked after the loop ended"
+
+
+def test_async_waiter_is_woken_by_the_release_not_by_polling(redis_url, redis_client, key):
+    """AsyncRedisMutex: the waiting task tries the key once and blocks on
+    the server (BLPOP) until the release of another process's holder wakes
+    it: two tries and one BLPOP, however long the lock was held."""
+
+    def counts():
+        stats = redis_client.info("commandstats")
+        return [stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "blpop")]
+
+    async def body(client):
+        from dogpile.mutexes import RedisMutex
+
+        holder = RedisMutex(redis_client, key, lease=30)
+        holder.acquire()
+        mutex = AsyncRedisMutex(client, key, lease=30)
+        before = counts()
+        waiter = asyncio.ensure_future(mutex.acquire())
+        await wait_until_async(
+            lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+            "the waiter blocked on the server",
+        )
+        holder.release()
+        assert await asyncio.wait_for(waiter, DEADLINE)
+        evals, blpops = (a - b for a, b in zip(counts(), before))
+        assert (evals, blpops) == (3, 1)  # its two tries and the holder's release
+        await mutex.release()
+
+    run_with_client(redis_url, body)

@@ -623,3 +623,108 @@ def test_a_resent_release_of_a_lock_taken_meanwhile_is_still_lease_lost(redis_cl
         assert redis_client.get(key) == b"thief"
     finally:
         client.close()
+
+
+# -- waiters woken by the server --------------------------------------------------------------
+
+
+def command_counts(client):
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "blpop")}
+
+
+def blocked(client):
+    """How many clients wait in a BLPOP now (this server is the tests')."""
+    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
+
+
+def poll_blocked(client, n):
+    poll(lambda: blocked(client) >= n, f"{n} client(s) blocked in BLPOP")
+
+
+def test_a_waiter_is_woken_by_the_release_not_by_polling(impl, redis_url, redis_client, key):
+    """The waiter (here through Lock, dogpile.cache's API) tries the key
+    once, blocks on the server until the holder's release wakes it, takes
+    the lock, and finds the value the holder created: three commands of
+    its own, however long the holder held the lock."""
+    value_key = key + ":value"
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    created = []
+    result = []
+
+    def stored():
+        raw = redis_client.get(value_key)
+        if raw is None:
+            raise NeedRegenerationException()
+        return raw.decode(), time.time()
+
+    def wait():
+        client = redis.Redis.from_url(redis_url)
+        try:
+            mutex = RedisMutex(client, key, lease=30)
+            with impl.Lock(mutex, lambda: created.append(1), stored, 60) as value:
+                result.append(value)
+        finally:
+            client.close()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    before = command_counts(redis_client)
+    waiter.start()
+    poll_blocked(redis_client, 1)
+    redis_client.set(value_key, "theirs")
+    holder.release()
+    waiter.join(DEADLINE)
+    after = command_counts(redis_client)
+    redis_client.delete(value_key)
+    assert result == ["theirs"] and created == []
+    # The waiter: a failed try, one BLPOP, the try that takes it, its
+    # release; and the holder's release.
+    assert after["blpop"] - before["blpop"] == 1
+    assert after["eval"] - before["eval"] == 4
+    assert not redis_client.exists(key)
+
+
+def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
+    """Nobody releases (the holder died): the waiter blocks until the
+    lease ends, not polling meanwhile."""
+    dead = RedisMutex(redis_client, key, lease=0.3, auto_renew=False)
+    dead.acquire()
+    waiter = RedisMutex(redis_client, key, lease=5)
+    before = command_counts(redis_client)
+    assert waiter.acquire(timeout=DEADLINE)
+    after = command_counts(redis_client)
+    assert after["eval"] - before["eval"] <= 3  # a try, then (rarely) one more
+    assert after["blpop"] - before["blpop"] <= 2
+    waiter.release()
+
+
+def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, key):
+    """Another client blocked on the wake-up list first takes the one
+    wake-up (the server serves the longest waiter first): the waiter still
+    gets the lock, at the latest after its BLPOP's cap."""
+    from dogpile.mutexes import _wake_key
+
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    rival = redis.Redis.from_url(redis_url)
+    got = []
+    rival_thread = threading.Thread(
+        target=lambda: got.append(rival.blpop([_wake_key(key)], timeout=DEADLINE)), daemon=True
+    )
+    rival_thread.start()
+    poll_blocked(redis_client, 1)
+    result = []
+    client = redis.Redis.from_url(redis_url)
+    waiter = RedisMutex(client, key, lease=30)
+    thread = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=DEADLINE)))
+    thread.start()
+    poll_blocked(redis_client, 2)
+    holder.release()
+    rival_thread.join(DEADLINE)
+    thread.join(DEADLINE)
+    rival.close()
+    assert got and got[0] is not None, "the rival did not take the wake-up: no test"
+    assert result == [True]
+    waiter.release()
+    client.close()

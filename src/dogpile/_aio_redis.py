@@ -8,9 +8,10 @@ same guarantees: a holder whose lease ran out never deletes or extends
 another holder's lock (``release()`` raises LeaseLost instead), and a
 failure or a cancellation leaves nothing locked: a release or a take-back
 cut off by a cancellation, or by ``asyncio.run()`` shutting its loop down,
-runs to its end before the loop closes (see aio._clean_up).  What differs is asyncio's: waiting
-polls with ``await asyncio.sleep`` instead of blocking a thread, the lease
-is renewed by a task instead of a thread, and the tasks of one process
+runs to its end before the loop closes (see aio._clean_up).  What
+differs is asyncio's: waiting (the same BLPOP on the list a release pushes
+to, or the back-off before Redis 6) is awaited instead of blocking a
+thread, the lease is renewed by a task instead of a thread, and the tasks of one process
 queue on an asyncio.Lock before they reach the server.  Re-exported by
 ``dogpile.mutexes``.
 """
@@ -48,6 +49,7 @@ from .mutexes import (
     _RedisKey,
     _released_key,
     _server_address,
+    _wake_wait,
 )
 
 __all__ = ["AsyncRedisMutex"]
@@ -233,10 +235,24 @@ class AsyncRedisMutex(_RedisKey):
                 if isinstance(exc, self._errors):
                     raise self._unreachable(exc, "acquire()") from exc
                 raise
-            if taken:
+            if taken > 0:
                 break
             if not blocking:
                 return False
+            wait = _wake_wait(taken, deadline, self._wake_cap)
+            if wait is None:
+                return False
+            if self._wake:
+                try:
+                    # Returns when a release pushes, or after ``wait``.
+                    await self._client.blpop([self._wake_list], timeout=wait)
+                    continue
+                except self._errors as exc:
+                    raise self._unreachable(exc, "acquire()") from exc
+                except Exception:
+                    # A server before Redis 6 takes whole seconds only:
+                    # poll with back-off instead, as before wake-ups.
+                    self._wake = False
             delay = await _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False
@@ -264,7 +280,7 @@ class AsyncRedisMutex(_RedisKey):
                 await asyncio.wait((command,))
             if not command.cancelled():
                 exc = command.exception()
-                if exc is None and not command.result():
+                if exc is None and not command.result() > 0:
                     return  # it took nothing
                 if isinstance(exc, self._errors[0]):
                     return  # it never reached the server; the lease ends it anyway
@@ -314,8 +330,8 @@ class AsyncRedisMutex(_RedisKey):
         name = self._name
         delete = _clean_up(
             partial(
-                self._client.eval, _RELEASE, 2, name, _released_key(name, token), token,
-                _RELEASED_MS,
+                self._client.eval, _RELEASE, 3, name, _released_key(name, token),
+                self._wake_list, token, _RELEASED_MS, self._lease_ms,
             ),
             reruns=_CLEANUP_RERUNS,
         )

@@ -75,10 +75,11 @@ def _remaining(deadline: Optional[float]) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-# A waiter polls a lock it cannot wait on directly (a Redis key; a file lock
-# with a timeout, or on Windows) with exponential back-off from the first
-# delay up to the cap, each sleep drawn from the upper half of the current
-# delay so that waiting processes spread out instead of retrying in step.
+# A waiter polls a lock it cannot wait on directly (a Redis key on a server
+# before Redis 6; a file lock with a timeout, or on Windows) with
+# exponential back-off from the first delay up to the cap, each sleep drawn
+# from the upper half of the current delay so that waiting processes spread
+# out instead of retrying in step.
 # The cap bounds how late a waiter notices a release; at 0.1 s a hundred
 # waiting processes cost the server a thousand cheap SETs a second.
 _BACKOFF_FIRST = 0.002
@@ -369,6 +370,10 @@ class FileMutex(_MutexBase):
 # to a connection failure (by default since 6.0), and a plain SET NX resent
 # after it had worked would find the key taken, by this very token, and
 # report the lock busy until its lease ran out.
+#
+# Taken: 1.  Not taken: -1 - the milliseconds left on the holder's lease
+# (so at most -1), or 0 for a key without an expiry: how long a waiter may
+# block before the lease ends by itself (see _wake_wait).
 _ACQUIRE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
@@ -376,7 +381,11 @@ end
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('pexpire', KEYS[1], ARGV[2])
 end
-return 0
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then
+    return 0
+end
+return -1 - left
 """
 
 # Compare-and-delete and compare-and-expire: atomic on the server, so a
@@ -405,30 +414,56 @@ return 0
 # ran.  A minute is far longer than a client's retries take (redis-py's
 # default: 3 retries, back-off capped at 0.5 s, each after a socket
 # timeout); a note per release costs one small key for that minute.
+#
+# It also wakes a waiter: KEYS[3] is a list that waiters block on (BLPOP)
+# instead of polling the key.  It holds one element after a release (any
+# number of releases), and expires after a lease (ARGV[3]) so that nothing
+# is left behind; a waiter that pops a stale one tries the key once more
+# and waits again.
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+    redis.call('del', KEYS[3])
+    redis.call('rpush', KEYS[3], '1')
+    redis.call('pexpire', KEYS[3], ARGV[3])
     return redis.call('del', KEYS[1])
 end
 return redis.call('exists', KEYS[2])
 """
 _RELEASED_MS = 60_000
 
+# A waiter blocks on the wake-up list until a release pushes to it, or at
+# most until the holder's lease ends (the holder died: nobody releases), and
+# never longer than this: the safety net for a wake-up that was lost (taken
+# by a waiter that then lost the key to a newcomer, or cut off with its
+# connection), and for a lease that was renewed meanwhile.
+_WAKE_CAP = 1.0
+
 
 def _released_key(name: Union[str, bytes], token: str) -> bytes:
-    """The note a release leaves for ``token`` (see _RELEASE), in the same
-    hash slot as the lock key ``name``: Redis Cluster runs a script only
-    on keys of one slot.  A name with a hash tag ``{...}`` gives its slot
-    to any key that starts with it; a name without one is hashed whole,
-    which ``{name}`` reproduces unless the name holds a "}"."""
+    """The note a release leaves for ``token`` (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-released:" + token.encode())
+
+
+def _wake_key(name: Union[str, bytes]) -> bytes:
+    """The list that waiters for ``name`` block on (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-wake")
+
+
+def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
+    """A key of the mutex's own, in the same hash slot as the lock key
+    ``name``: Redis Cluster runs a script only on keys of one slot.  A name
+    with a hash tag ``{...}`` gives its slot to any key that starts with
+    it; a name without one is hashed whole, which ``{name}`` reproduces
+    unless the name holds a "}"."""
     raw = name.encode() if isinstance(name, str) else bytes(name)
-    suffix = b":dogpile-released:" + token.encode()
     start = raw.find(b"{")
     if start >= 0 and raw.find(b"}", start + 1) > start + 1:
         return raw + suffix
     if b"}" not in raw:
         return b"{" + raw + b"}" + suffix
     return raw + suffix  # no key shares its slot; right on one server
+
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -455,6 +490,31 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
         except ImportError as exc:
             raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
     return (exceptions.ConnectionError, exceptions.TimeoutError)
+
+
+def _wake_cap(client: Any) -> float:
+    """The longest a waiter blocks in one BLPOP: _WAKE_CAP, and less than
+    the client's socket timeout, which would otherwise cut the wait off."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    timeout = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return min(_WAKE_CAP, timeout / 2)
+    return _WAKE_CAP
+
+
+def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[float]:
+    """Seconds a waiter may block after ``_ACQUIRE`` returned ``taken`` (<= 0):
+    until the holder's lease ends, within ``cap`` and the deadline; None
+    when the deadline has passed."""
+    wait = cap if taken == 0 else min(cap, (-1 - taken) / 1000)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        wait = min(wait, left)
+    # BLPOP's 0 would wait for ever; its resolution is a millisecond.
+    return max(wait, 0.001)
 
 
 def _single_connection(client: Any) -> bool:
@@ -569,6 +629,9 @@ class _RedisKey:
         "_errors",
         "_token",
         "_renewal",
+        "_wake_list",
+        "_wake",
+        "_wake_cap",
         "__weakref__",
     )
 
@@ -582,6 +645,9 @@ class _RedisKey:
         self._lease_ms = _lease_ms(lease)
         self._lease = float(lease)
         self._client = _mutex_client(client)
+        self._wake_list = _wake_key(name)
+        self._wake = True  # False once the server refused a BLPOP (Redis < 6)
+        self._wake_cap = _wake_cap(self._client)
         self._name = name
         self._auto_renew = bool(auto_renew)
         self._token: Optional[str] = None
@@ -625,9 +691,12 @@ class RedisMutex(_MutexBase, _RedisKey):
     a short-lived note so that a release the client resends after a lost
     reply finds it done), so a holder whose lease ran out never deletes a
     lock that someone else has taken since: ``release()`` raises
-    ``LeaseLost`` instead.  A blocking ``acquire()`` retries with
-    exponential back-off (capped at 0.1 s), so waiters do not hammer the
-    server, and gives up after ``timeout``.  If the server cannot be
+    ``LeaseLost`` instead.  A blocking ``acquire()`` waits on the server,
+    not by polling: a BLPOP on a list that each release pushes to, until a
+    release wakes it or the holder's lease runs out (at most 1 s per wait,
+    the safety net for a wake-up that was lost; before Redis 6, which has
+    no sub-second BLPOP, it polls with exponential back-off capped at
+    0.1 s), and gives up after ``timeout``.  If the server cannot be
     reached, the client's ConnectionError (or TimeoutError) is raised with
     the server's address in its message, and nothing is left locked.
     """
@@ -707,10 +776,24 @@ class RedisMutex(_MutexBase, _RedisKey):
                 if isinstance(exc, self._errors):
                     raise self._unreachable(exc, "acquire()") from exc
                 raise
-            if taken:
+            if taken > 0:
                 break
             if not blocking:
                 return False
+            wait = _wake_wait(taken, deadline, self._wake_cap)
+            if wait is None:
+                return False
+            if self._wake:
+                try:
+                    # Returns when a release pushes, or after ``wait``.
+                    self._client.blpop([self._wake_list], timeout=wait)
+                    continue
+                except self._errors as exc:
+                    raise self._unreachable(exc, "acquire()") from exc
+                except Exception:
+                    # A server before Redis 6 takes whole seconds only:
+                    # poll with back-off instead, as before wake-ups.
+                    self._wake = False
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False
@@ -770,8 +853,8 @@ class RedisMutex(_MutexBase, _RedisKey):
         try:
             try:
                 deleted = self._client.eval(
-                    _RELEASE, 2, self._name, _released_key(self._name, token), token,
-                    _RELEASED_MS,
+                    _RELEASE, 3, self._name, _released_key(self._name, token),
+                    self._wake_list, token, _RELEASED_MS, self._lease_ms,
                 )
             except self._errors as exc:
                 raise self._unreachable(exc, "release()") from exc

@@ -2124,7 +2124,10 @@ def test_async_waiter_is_woken_by_the_release_not_by_polling(redis_url, redis_cl
         holder.release()
         assert await asyncio.wait_for(waiter, DEADLINE)
         evals, blpops = (a - b for a, b in zip(counts(), before))
-        assert (evals, blpops) == (3, 1)  # its two tries and the holder's release
+        # Its two tries and the holder's release; a BLPOP that reached its
+        # 1 s cap on a slow machine before the release would add one try.
+        assert 1 <= blpops <= 2
+        assert evals == 2 + blpops
         await mutex.release()
 
     run_with_client(redis_url, body)

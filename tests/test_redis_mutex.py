@@ -679,9 +679,11 @@ def test_a_waiter_is_woken_by_the_release_not_by_polling(impl, redis_url, redis_
     redis_client.delete(value_key)
     assert result == ["theirs"] and created == []
     # The waiter: a failed try, one BLPOP, the try that takes it, its
-    # release; and the holder's release.
-    assert after["blpop"] - before["blpop"] == 1
-    assert after["eval"] - before["eval"] == 4
+    # release; and the holder's release.  (A BLPOP that reached its 1 s cap
+    # on a slow machine before the release would add one try.)
+    blpops = after["blpop"] - before["blpop"]
+    assert 1 <= blpops <= 2
+    assert after["eval"] - before["eval"] == 3 + blpops
     assert not redis_client.exists(key)
 
 
@@ -694,7 +696,9 @@ def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
     before = command_counts(redis_client)
     assert waiter.acquire(timeout=DEADLINE)
     after = command_counts(redis_client)
-    assert after["eval"] - before["eval"] <= 3  # a try, then (rarely) one more
+    # A try, a BLPOP until the lease ends, the try that takes it (and, when
+    # the wait ended a millisecond early, one more of each).
+    assert after["eval"] - before["eval"] <= 4
     assert after["blpop"] - before["blpop"] <= 2
     waiter.release()
 

@@ -11,9 +11,9 @@ cut off by a cancellation, or by ``asyncio.run()`` shutting its loop down,
 runs to its end before the loop closes (see aio._clean_up).  What
 differs is asyncio's: waiting (the same BLPOP on the list a release pushes
 to, or the back-off before Redis 6) is awaited instead of blocking a
-thread, the lease is renewed by a task instead of a thread, and the tasks of one process
-queue on an asyncio.Lock before they reach the server.  Re-exported by
-``dogpile.mutexes``.
+thread, the lease is renewed by a task instead of a thread, and the tasks
+of one process queue on an asyncio.Lock before they reach the server.
+Re-exported by ``dogpile.mutexes``.
 """
 
 import asyncio

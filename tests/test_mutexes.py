@@ -596,3 +596,56 @@ def test_a_file_another_user_owns_is_locked_read_only(tmp_path):
         print("ok")
         """
     assert run_child(script) == "ok"
+
+
+def _file_waiters(path):
+    name = f"dogpile FileMutex waiter {str(path)!r}"
+    return [t for t in threading.enumerate() if t.name == name]
+
+
+def _poll(condition, what):
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE}s"
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no blocking lock to wait on")
+def test_a_timed_file_wait_blocks_in_the_kernel_instead_of_polling(tmp_path, monkeypatch):
+    """acquire(timeout=...) tries the file once, then a waiter thread
+    blocks in flock (without the GIL) while the caller waits for it until
+    its deadline.  A caller that gives up leaves the waiter to the next
+    acquire(), so there is one per mutex; once the lock is free, a waiter
+    that nobody waits for any more lets it go at once."""
+    from dogpile import mutexes
+
+    path = tmp_path / "w.lock"
+    tries = []
+    real_try = mutexes._try_lock_file
+    monkeypatch.setattr(mutexes, "_try_lock_file", lambda fd: tries.append(fd) or real_try(fd))
+    holder = FileMutex(path)  # its own open file: contends as another process would
+    holder.acquire()
+    tries.clear()
+    waiter = FileMutex(path)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=DEADLINE)))
+    thread.start()
+    _poll(lambda: _file_waiters(path), "the waiter thread")
+    holder.release()
+    thread.join(DEADLINE)
+    assert result == [True]
+    assert len(tries) == 1, "polled the file"
+    assert not FileMutex(path).acquire(False), "the waiter's lock did not hold"
+    waiter.release()
+
+    holder.acquire()
+    for _ in range(5):
+        assert waiter.acquire(timeout=0.02) is False
+    assert len(_file_waiters(path)) == 1, "a waiter per call, not per mutex"
+    holder.release()
+    _poll(lambda: not _file_waiters(path), "the abandoned waiter to end")
+    again = FileMutex(path)
+    assert again.acquire(False), "the abandoned waiter kept the lock"
+    again.release()
+    assert waiter.acquire(timeout=DEADLINE)
+    waiter.release()

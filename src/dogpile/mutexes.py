@@ -159,6 +159,9 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
+    # No blocking lock with the GIL released to wait on in a thread: poll.
+    _FileWaiter = None
+
 else:
     import fcntl
 
@@ -176,6 +179,80 @@ else:
 
     def _unlock_file(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    class _FileWaiter:
+        """A thread blocked in flock on its own descriptor (a dup of the
+        caller's: the same open file, which a caller that gives up may
+        close), for an acquire() with a timeout."""
+
+        __slots__ = ("fd", "lock", "done", "locked", "error", "abandoned")
+
+        def __init__(self, fd: int, path: str) -> None:
+            self.fd = fd
+            self.lock = threading.Lock()
+            self.done = threading.Event()
+            self.locked = False
+            self.error: Optional[BaseException] = None
+            self.abandoned = False
+            try:
+                threading.Thread(
+                    target=self._run, name=f"dogpile FileMutex waiter {path!r}", daemon=True
+                ).start()
+            except BaseException:
+                os.close(fd)
+                raise
+
+        def _run(self) -> None:
+            try:
+                _wait_lock_file(self.fd)
+            except BaseException as exc:
+                error: Optional[BaseException] = exc
+            else:
+                error = None
+            with self.lock:
+                self.locked = error is None
+                self.error = error
+                abandoned = self.abandoned
+                self.done.set()
+            if abandoned or error is not None:
+                # Nobody waits for it: the lock must not stay with this
+                # idle descriptor.
+                try:
+                    if error is None:
+                        _unlock_file(self.fd)
+                finally:
+                    os.close(self.fd)
+
+        def adopt(self) -> bool:
+            """Wait on this waiter again, if it is still waiting."""
+            with self.lock:
+                if self.done.is_set():
+                    return False
+                self.abandoned = False
+                return True
+
+        def abandon(self) -> None:
+            with self.lock:
+                if not self.done.is_set():
+                    self.abandoned = True
+                    return
+            if self.locked:  # taken after all, by nobody now
+                try:
+                    _unlock_file(self.fd)
+                finally:
+                    os.close(self.fd)
+
+        def wait(self, deadline: float) -> Optional[int]:
+            """The locked descriptor (now the caller's), or None at the
+            deadline (the waiter goes on, abandoned)."""
+            self.done.wait(max(0.0, deadline - time.monotonic()))
+            with self.lock:
+                if not self.done.is_set():
+                    self.abandoned = True
+                    return None
+            if self.error is not None:
+                raise self.error
+            return self.fd
 
 
 def _open_lock_file(path: str) -> int:
@@ -243,7 +320,7 @@ class FileMutex(_MutexBase):
     serialized by an in-process lock before they reach the file.
     """
 
-    __slots__ = ("_path", "_local", "_guard", "_fd", "__weakref__")
+    __slots__ = ("_path", "_local", "_guard", "_fd", "_waiter", "__weakref__")
 
     def __init__(self, path: "Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]") -> None:
         try:
@@ -263,6 +340,8 @@ class FileMutex(_MutexBase):
         # The open, locked descriptor while held; in a list so that the
         # finalizer below can close it without keeping the mutex alive.
         self._fd: List[Optional[int]] = [None]
+        # A thread blocked in flock for a timed acquire() (see _wait_within).
+        self._waiter: Optional[Any] = None
         # A mutex dropped while held would otherwise keep the file locked
         # until the process exits; closing the descriptor unlocks it.
         weakref.finalize(self, _close_fd_in, self._fd)
@@ -289,35 +368,62 @@ class FileMutex(_MutexBase):
             # process.
             fd = self._open()
             try:
-                if not self._lock_file(fd, blocking, deadline):
-                    os.close(fd)
-                    self._local.release()
-                    return False
+                locked = self._lock_file(fd, blocking, deadline)
             except BaseException:
                 os.close(fd)
                 raise
+            if locked != fd:
+                os.close(fd)
+            if locked is None:
+                self._local.release()
+                return False
         except BaseException:
             self._local.release()
             raise
-        self._fd[0] = fd
+        self._fd[0] = locked
         return True
 
-    def _lock_file(self, fd: int, blocking: bool, deadline: Optional[float]) -> bool:
+    def _lock_file(self, fd: int, blocking: bool, deadline: Optional[float]) -> Optional[int]:
+        """Lock the file; return the descriptor that holds the lock (``fd``,
+        or a waiter's), or None if it was not taken."""
         if _try_lock_file(fd):
-            return True
+            return fd
         if not blocking:
-            return False
+            return None
         if deadline is None:
             _wait_lock_file(fd)
-            return True
+            return fd
+        if _FileWaiter is not None:
+            return self._wait_within(fd, deadline)
         # flock has no timeout: poll.
         delay: Optional[float] = _BACKOFF_FIRST
         while True:
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
             if _try_lock_file(fd):
-                return True
+                return fd
             if delay is None:
-                return False
+                return None
+
+    def _wait_within(self, fd: int, deadline: float) -> Optional[int]:
+        # flock has no timeout: a waiter thread blocks in it (without the
+        # GIL), and this thread waits for the waiter until the deadline.  A
+        # waiter outlives a caller that gave up: the next acquire() takes
+        # it over (so there is at most one per mutex), and one that gets
+        # the lock with nobody waiting for it unlocks at once.
+        assert _FileWaiter is not None
+        waiter = self._waiter
+        if waiter is None or not waiter.adopt():
+            if deadline - time.monotonic() <= 0:
+                return None
+            waiter = self._waiter = _FileWaiter(os.dup(fd), self._path)
+        try:
+            locked = waiter.wait(deadline)
+        except BaseException:
+            waiter.abandon()
+            raise
+        if locked is not None:
+            self._waiter = None
+        return locked
 
     def release(self) -> None:
         """Release the lock; any thread may release it."""
@@ -354,8 +460,13 @@ class FileMutex(_MutexBase):
 
     def _forget_after_fork(self) -> None:
         # The descriptor is the parent's open file: closing the child's copy
-        # leaves the parent's lock in place.
+        # leaves the parent's lock in place.  So is a waiter's, whose thread
+        # stayed in the parent.
         _close_fd_in(self._fd)
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None:
+            _close_fd_in([waiter.fd])
         self._local = threading.Lock()
         self._guard = threading.Lock()
 

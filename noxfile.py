@@ -133,7 +133,7 @@ def check_wheel(session: nox.Session) -> None:
     session.run("bash", "scripts/check_wheel.sh", env={"PYTHON": sys.executable})
 
 
-@nox.session(name="dogpile_cache", python=PYTHONS[-1])
+@nox.session(name="dogpile_cache", python=LINT_PYTHON)
 def dogpile_cache(session: nox.Session) -> None:
     """dogpile.cache on this project's Lock, in a venv of its own: the real
     dogpile.cache from PyPI installed first, this project's compiled wheel
@@ -160,3 +160,36 @@ def dogpile_cache(session: nox.Session) -> None:
         env={**require, "DOGPILE_NO_EXTENSIONS": "1", "DOGPILE_EXPECT_IMPLEMENTATION": "python"},
     )
     session.run("python", "scripts/dogpile_cache_installs.py", wheel)
+@nox.session(python="3.11")
+def redis_oldest(session: nox.Session) -> None:
+    """The Redis and mutex tests against the oldest redis-py the package
+    accepts (the ``redis>=X.Y`` of the redis extra in pyproject.toml, pinned
+    to ``X.Y.*``): its clients differ from today's in what a mutex relies
+    on (a single-connection client without a lock, no retry by default, an
+    asyncio close() that leaves the pool open)."""
+    pyproject = nox.project.load_toml("pyproject.toml")
+    (oldest,) = [
+        r for r in pyproject["project"]["optional-dependencies"]["redis"] if r.startswith("redis>=")
+    ]
+    pin = "redis==" + oldest.split(">=", 1)[1] + ".*"
+    wheel = _wheel_from_sdist(session)
+    session.install(f"{wheel}[test]", pin)
+    session.run(
+        "python",
+        "-c",
+        "import dogpile, redis, sys; print('redis', redis.__version__, dogpile.IMPLEMENTATION); "
+        "sys.exit(dogpile.IMPLEMENTATION != 'cython')",
+    )
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_redis_mutex.py",
+        "tests/test_mutexes.py",
+        "tests/test_aio.py",
+        "tests/test_cross_process.py",
+        *session.posargs,
+        env={"DOGPILE_NO_EXTENSIONS": None},
+    )

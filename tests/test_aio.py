@@ -31,7 +31,6 @@ try:
     from dogpile.mutexes import AsyncRedisMutex
 except ImportError:  # until dogpile.mutexes re-exports it
     from dogpile._aio_redis import AsyncRedisMutex
-from dogpile import _aio_redis
 
 
 @pytest.fixture
@@ -1494,9 +1493,12 @@ def key(redis_client):
 
 
 async def aclose(client):
-    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1)."""
+    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1) and its
+    pool's connections (which ``close()`` before 4.5 left open, to be
+    collected after their loop had closed)."""
     close = getattr(client, "aclose", None) or client.close
     await close()
+    await client.connection_pool.disconnect()
 
 
 def run_with_client(url, body, *args):
@@ -1588,7 +1590,7 @@ def test_async_redis_mutex_cancelled_at_any_point_leaves_no_key(redis_url, redis
                 assert await task
             except asyncio.CancelledError:
                 # Its SET may still be on the wire: wait for the take-back.
-                await wait_until_async(lambda: not _aio_redis._cleanups, "the take-back")
+                await wait_until_async(lambda: not aio._cleanups, "the take-back")
             else:
                 await mutex.release()
             assert redis_client.exists(key) == 0
@@ -1903,3 +1905,335 @@ def test_async_lock_attributes_read_and_write_as_in_dogpile_cache(AsyncLock):
             lock.expiretime = -5
 
     run(main)
+
+
+# -- a child forked while the event loop runs -----------------------------------------------
+
+_FORKED = r"""
+import asyncio, importlib, json, multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+import redis.asyncio
+from dogpile import aio
+from dogpile._aio_redis import AsyncRedisMutex
+
+url, key, core = sys.argv[1], sys.argv[2], sys.argv[3]
+classes = aio._build(importlib.import_module(core))
+client = redis.asyncio.Redis.from_url(url)
+# Module-level, as a service would have them: used in the parent's loop,
+# then in a child forked from inside that loop.
+plain = classes.AsyncDogpile(60)
+mutex = AsyncRedisMutex(client, key, lease=5)
+shared = classes.AsyncDogpile(60, lock=mutex)
+
+
+async def use(tag):
+    async def make():
+        return f"{tag}-{os.getpid()}"
+
+    for d in (plain, shared):
+        d.createdtime = -1  # no value: the next acquire() takes the lock
+    async with plain.acquire(make) as a:
+        pass
+    async with shared.acquire(make) as b:
+        pass
+    async with mutex:
+        held = await mutex.locked()
+    return [a, b, held]
+
+
+def in_child():
+    async def main():
+        try:
+            return await use("child")
+        finally:
+            await client.connection_pool.disconnect()
+
+    return asyncio.run(asyncio.wait_for(main(), 20))
+
+
+async def parent():
+    first = await use("parent")
+    # The child opens connections of its own.
+    await client.connection_pool.disconnect()
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(1, mp_context=fork) as pool:
+        second = await asyncio.get_running_loop().run_in_executor(pool, in_child)
+    third = await use("parent")
+    await client.connection_pool.disconnect()
+    print(json.dumps([first, second, third]))
+
+
+asyncio.run(asyncio.wait_for(parent(), 30))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX-only")
+def test_a_child_forked_from_a_running_loop_starts_clean(impl, redis_url, redis_client, key):
+    """The child's copy of the parent's loop still reads as running; the
+    AsyncDogpile's default lock and the AsyncRedisMutex's local queue must
+    not take that for a loop in use."""
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORKED, redis_url, key, impl.__name__],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3 * DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second, third = json.loads(proc.stdout.strip().splitlines()[-1])
+    parent_pid = first[0].split("-")[1]
+    assert first == [f"parent-{parent_pid}"] * 2 + [True]
+    assert second[0].startswith("child-") and second[0] != f"child-{parent_pid}"
+    assert second == [second[0]] * 2 + [True]
+    assert third == first
+    assert redis_client.exists(key) == 0, "the lock was left held"
+
+
+def test_async_redis_mutex_with_a_single_connection_client(redis_url, redis_client, key):
+    """redis.asyncio's single-connection client: the caller's blocking
+    command holds its one connection for three leases; the renewal task
+    must not wait behind it (nor share it) and let the lease run out."""
+    import redis.asyncio
+
+    side = key + ":side"
+
+    async def main():
+        pool = redis.asyncio.ConnectionPool.from_url(redis_url, socket_timeout=DEADLINE)
+        client = redis.asyncio.Redis(connection_pool=pool, single_connection_client=True)
+        try:
+            mutex = AsyncRedisMutex(client, key, lease=0.3)
+            assert await mutex.acquire()
+            token = redis_client.get(key)
+            assert await client.blpop([side], timeout=1) is None
+            assert redis_client.get(key) == token, "the lease ran out behind the caller"
+            for i in range(200):
+                await client.set(side, i)
+                assert await client.get(side) == str(i).encode()
+            await mutex.release()
+            assert not redis_client.exists(key)
+        finally:
+            await aclose(client)
+
+    run(main)
+
+
+# -- a release whose reply was lost, or that is cancelled ------------------------------------
+
+
+@pytest.fixture
+def proxy(redis_url):
+    import redis_proxy
+
+    p = redis_proxy.proxy_for(redis_url)
+    yield p
+    p.close()
+
+
+def test_async_release_whose_reply_was_lost_is_resent_and_succeeds(
+    AsyncDogpile, redis_client, key, proxy
+):
+    """As for RedisMutex: the first run of the release deleted the key, its
+    reply was lost, the resent one must not report a lost lease; through an
+    AsyncDogpile the caller gets its value.  A lock taken by another holder
+    before the release ran is still LeaseLost, and left alone."""
+    import redis.asyncio
+    from redis_proxy import Rule, is_eval_of, resending
+
+    async def main():
+        client = redis.asyncio.Redis(
+            host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5)
+        )
+        try:
+            rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+            mutex = AsyncRedisMutex(client, key, lease=5)
+            async with AsyncDogpile(60, lock=mutex).acquire(lambda: "made") as value:
+                assert value == "made"
+            assert rule.seen == 2, "the release was not resent: no test"
+            assert redis_client.exists(key) == 0
+            proxy.rules.remove(rule)
+            stolen = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+            assert await mutex.acquire()
+            redis_client.set(key, "thief", px=60_000)
+            with pytest.raises(LeaseLost):
+                await mutex.release()
+            assert stolen.seen == 2
+            assert redis_client.get(key) == b"thief"
+            assert "free here" in repr(mutex)
+        finally:
+            await aclose(client)
+
+    run(main)
+
+
+@pytest.mark.parametrize("how", ["release", "async with"])
+def test_async_release_cancelled_while_waiting_for_a_connection(redis_url, redis_client, key, how):
+    """The pool's only connection is busy; release() waits for it and is
+    cancelled.  The key must then be gone, or still locked and the mutex
+    still held (never locked while the mutex says free), and once the
+    connection is back the key goes and the mutex is free."""
+    import redis.asyncio
+
+    side = key + ":side"
+
+    async def main():
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url, max_connections=1, timeout=DEADLINE
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        try:
+            mutex = AsyncRedisMutex(client, key, lease=30, auto_renew=False)
+            entered = asyncio.Event()
+            leave = asyncio.Event()
+
+            async def hold():
+                if how == "release":
+                    await mutex.acquire()
+                    entered.set()
+                    await leave.wait()
+                    await mutex.release()
+                else:
+                    async with mutex:
+                        entered.set()
+                        await leave.wait()
+
+            holder = asyncio.ensure_future(hold())
+            await entered.wait()
+            # Another task takes the pool's only connection.
+            blocker = asyncio.ensure_future(client.blpop([side], timeout=DEADLINE))
+            await wait_until_async(
+                lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+                "the blocking command",
+            )
+            leave.set()
+            for _ in range(20):  # the release starts and waits for the connection
+                await asyncio.sleep(0)
+            assert not holder.done()
+            holder.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await holder
+            if redis_client.exists(key):
+                assert "held here" in repr(mutex), "the key is locked and the mutex says free"
+                with pytest.raises(LockError, match="being released"):
+                    await mutex.release()
+            redis_client.rpush(side, "done")
+            assert await blocker == (side.encode(), b"done")
+            await wait_until_async(lambda: redis_client.exists(key) == 0, "the delete")
+            await wait_until_async(lambda: "free here" in repr(mutex), "the mutex freed")
+            assert await mutex.acquire(False)
+            await mutex.release()
+        finally:
+            await aclose(client)
+            redis_client.delete(side)
+
+    run(main)
+
+
+# -- nothing stays locked after asyncio.run() ------------------------------------------------
+
+_SHUTDOWN = r"""
+import asyncio, importlib, sys, time
+import redis.asyncio
+from dogpile import aio
+from dogpile._aio_redis import AsyncRedisMutex
+
+port, key, flag, core, case = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+classes = aio._build(importlib.import_module(core))
+
+
+async def until_flag(client):
+    # The proxy sets the flag when it holds back the command under test.
+    deadline = time.monotonic() + 20
+    while not await client.exists(flag):
+        assert time.monotonic() < deadline, "the proxy never saw the command"
+        await asyncio.sleep(0.005)
+
+
+async def background_release():
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+    d = classes.AsyncDogpile(60, lock=AsyncRedisMutex(client, key, lease=30), background=True)
+    async with d.acquire(lambda: "first") as value:
+        assert value == "first"
+    d.createdtime = time.time() - 3600
+    async with d.acquire(lambda: "second") as value:
+        assert value == "first"  # stale: the creation runs in the background
+    await until_flag(client)  # its release is on its way
+
+
+async def cancelled_acquire():
+    client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+    mutex = AsyncRedisMutex(client, key, lease=30)
+    task = asyncio.ensure_future(mutex.acquire())
+    await until_flag(client)  # its SET ran; the reply is on its way
+    task.cancel()
+
+
+# main() returns with the clean-up under way: asyncio.run() cancels every
+# task of the loop and closes it.  (The client is left open on purpose: a
+# client closed here would cut off the clean-up for its own reasons.)
+asyncio.run({"background": background_release, "acquire": cancelled_acquire}[case]())
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("case", ["background", "acquire"])
+def test_nothing_stays_locked_after_asyncio_run_ends(impl, redis_client, key, proxy, case):
+    """A background creation's release in flight when main() returns (the
+    proxy holds the command back until the client hangs up), and the
+    take-back of a cancelled acquire() whose SET ran (the proxy drops its
+    reply): the loop's shutdown cancels both, and neither may leave the
+    key locked for its 30 s lease."""
+    from redis_proxy import Rule, is_eval_of
+
+    flag = key + ":flag"
+    if case == "background":
+        # The first release (of the first creation) passes.
+        rule = Rule(is_eval_of(b"'del'"), "hold-command", skip=1)
+    else:
+        rule = Rule(is_eval_of(b"'NX'"), "drop-reply")
+    rule.on_act = lambda: redis_client.set(flag, 1)
+    proxy.add(rule)
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHUTDOWN, str(proxy.port), key, flag, impl.__name__, case],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3 * DEADLINE,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert rule.acted.is_set()
+    assert redis_client.exists(key) == 0, "the key stayed locked after the loop ended"
+
+
+def test_async_waiter_is_woken_by_the_release_not_by_polling(redis_url, redis_client, key):
+    """AsyncRedisMutex: the waiting task tries the key once and blocks on
+    the server (BLPOP) until the release of another process's holder wakes
+    it: two tries and one BLPOP, however long the lock was held."""
+
+    def counts():
+        stats = redis_client.info("commandstats")
+        return [stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "blpop")]
+
+    async def body(client):
+        from dogpile.mutexes import RedisMutex
+
+        holder = RedisMutex(redis_client, key, lease=30)
+        holder.acquire()
+        mutex = AsyncRedisMutex(client, key, lease=30)
+        before = counts()
+        waiter = asyncio.ensure_future(mutex.acquire())
+        await wait_until_async(
+            lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+            "the waiter blocked on the server",
+        )
+        holder.release()
+        assert await asyncio.wait_for(waiter, DEADLINE)
+        evals, blpops = (a - b for a, b in zip(counts(), before))
+        # Its two tries and the holder's release; a BLPOP that reached its
+        # 1 s cap on a slow machine before the release would add one try.
+        assert 1 <= blpops <= 2
+        assert evals == 2 + blpops
+        await mutex.release()
+
+    run_with_client(redis_url, body)

@@ -502,3 +502,150 @@ def test_a_forked_child_does_not_hold_or_release_the_parents_lock(tmp_path):
         )
         == "ok"
     )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() and flock are POSIX-only here")
+def test_a_file_another_user_owns_is_locked_read_only(tmp_path):
+    """Services running as different users share one lock file that one of
+    them owns (0644): the others may only read it, and flock needs no more.
+    The other user is real: as root (CI), a forked child drops to uid/gid
+    65534; otherwise the file is made read-only for its owner, which
+    refuses a read-write open the same way.  Where neither a read-write nor
+    a read-only open (or the creation) works, the error says what was tried."""
+    script = f"""
+        import os, select, shutil, sys, tempfile
+        from dogpile.mutexes import FileMutex
+        DEADLINE = {DEADLINE}
+        root = os.getuid() == 0
+        d = tempfile.mkdtemp(dir={str(tmp_path)!r} if not root else None)
+        shared, secret = os.path.join(d, "shared.lock"), os.path.join(d, "secret.lock")
+        for path, mode in ((shared, 0o644 if root else 0o444), (secret, 0o600 if root else 0o200)):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.chmod(path, mode)
+        os.chmod(d, 0o755 if root else 0o555)
+        owner = FileMutex(shared) if root else None
+        if owner is not None:
+            owner.acquire()
+        from_parent, to_child = os.pipe()
+        from_child, to_parent = os.pipe()
+
+        def say(fd, word):
+            os.write(fd, word.encode() + b"\\n")
+
+        def hear(fd):
+            ready, _, _ = select.select([fd], [], [], DEADLINE)
+            assert ready, "no word from the other process"
+            return os.read(fd, 64).decode().strip()
+
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(from_child)
+                os.close(to_child)
+                if root:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    os.close(os.open(shared, os.O_RDWR))
+                    raise SystemExit("the shared file opened read-write: no test")
+                except PermissionError:
+                    pass
+                mutex = FileMutex(shared)
+                if root:
+                    assert not mutex.acquire(False), "took the lock the owner holds"
+                    say(to_parent, "waiting")
+                    assert mutex.acquire(timeout=DEADLINE), "never got the lock"
+                else:
+                    assert mutex.acquire(False)
+                say(to_parent, "holding")
+                assert hear(from_parent) == "release"
+                mutex.release()
+                for path, words in (
+                    (secret, ["not for reading and writing", "nor read-only"]),
+                    (os.path.join(d, "missing.lock"), ["cannot create", "does not exist"]),
+                ):
+                    try:
+                        FileMutex(path)
+                    except PermissionError as exc:
+                        assert path in str(exc) and all(w in str(exc) for w in words), exc
+                    else:
+                        raise AssertionError(f"opened {{path}}")
+                code = 0
+            except BaseException as exc:
+                print("child:", repr(exc), file=sys.stderr)
+            finally:
+                os._exit(code)
+        os.close(to_parent)
+        os.close(from_parent)
+        if root:
+            assert hear(from_child) == "waiting"
+            owner.release()
+        assert hear(from_child) == "holding"
+        # The read-only descriptor's lock excludes a read-write one.
+        assert not FileMutex(shared).acquire(False), "the other user's lock did not hold"
+        say(to_child, "release")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        again = FileMutex(shared)
+        assert again.acquire(False)
+        again.release()
+        os.chmod(d, 0o700)
+        shutil.rmtree(d)
+        print("ok")
+        """
+    assert run_child(script) == "ok"
+
+
+def _file_waiters(path):
+    name = f"dogpile FileMutex waiter {str(path)!r}"
+    return [t for t in threading.enumerate() if t.name == name]
+
+
+def _poll(condition, what):
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {DEADLINE}s"
+        time.sleep(0.005)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no blocking lock to wait on")
+def test_a_timed_file_wait_blocks_in_the_kernel_instead_of_polling(tmp_path, monkeypatch):
+    """acquire(timeout=...) tries the file once, then a waiter thread
+    blocks in flock (without the GIL) while the caller waits for it until
+    its deadline.  A caller that gives up leaves the waiter to the next
+    acquire(), so there is one per mutex; once the lock is free, a waiter
+    that nobody waits for any more lets it go at once."""
+    from dogpile import mutexes
+
+    path = tmp_path / "w.lock"
+    tries = []
+    real_try = mutexes._try_lock_file
+    monkeypatch.setattr(mutexes, "_try_lock_file", lambda fd: tries.append(fd) or real_try(fd))
+    holder = FileMutex(path)  # its own open file: contends as another process would
+    holder.acquire()
+    tries.clear()
+    waiter = FileMutex(path)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=DEADLINE)))
+    thread.start()
+    _poll(lambda: _file_waiters(path), "the waiter thread")
+    holder.release()
+    thread.join(DEADLINE)
+    assert result == [True]
+    assert len(tries) == 1, "polled the file"
+    assert not FileMutex(path).acquire(False), "the waiter's lock did not hold"
+    waiter.release()
+
+    holder.acquire()
+    for _ in range(5):
+        assert waiter.acquire(timeout=0.02) is False
+    assert len(_file_waiters(path)) == 1, "a waiter per call, not per mutex"
+    holder.release()
+    _poll(lambda: not _file_waiters(path), "the abandoned waiter to end")
+    again = FileMutex(path)
+    assert again.acquire(False), "the abandoned waiter kept the lock"
+    again.release()
+    assert waiter.acquire(timeout=DEADLINE)
+    waiter.release()

@@ -474,3 +474,261 @@ def test_lock_api_no_value_waits_then_reads_what_another_holder_created(impl, re
     redis_client.delete(value_key, value_key + ":t")
     assert result == ["theirs"]
     assert created == []
+
+
+# -- an asyncio lock given to the threading front ------------------------------------------
+
+
+class _PartialLock:
+    """acquire() and release() are functools.partial objects of coroutine
+    functions, set on the instance."""
+
+    def __init__(self):
+        import functools
+
+        lock = asyncio.Lock()
+        self.acquire = functools.partial(lock.acquire)
+        self.release = lock.release
+
+
+@pytest.mark.parametrize("kind", ["AsyncRedisMutex", "asyncio.Lock", "partial"])
+def test_an_asyncio_lock_is_refused_by_dogpile_and_lock(impl, redis_url, redis_client, key, kind):
+    """Its acquire(False) would return a coroutine, which is truthy: the
+    Dogpile would believe it held a lock that another client holds, and run
+    the creator.  Refused with a message naming the asyncio front."""
+    import redis.asyncio
+
+    from dogpile.mutexes import AsyncRedisMutex
+
+    redis_client.set(key, "another client", px=60_000)
+    created = []
+
+    def creator():
+        created.append(1)
+        return "value", time.time()
+
+    def stored():
+        return "stale", time.time() - 3600
+
+    async def check():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            lock = {
+                "AsyncRedisMutex": lambda: AsyncRedisMutex(client, key),
+                "asyncio.Lock": asyncio.Lock,
+                "partial": _PartialLock,
+            }[kind]()
+            expected = r"coroutine function .*use it with dogpile\.aio\.AsyncDogpile"
+            with pytest.raises(TypeError, match=expected):
+                impl.Dogpile(60, lock=lock)
+            for stale in (stored, lambda: (_ for _ in ()).throw(NeedRegenerationException())):
+                with pytest.raises(TypeError, match=expected):
+                    with impl.Lock(lock, creator, stale, 60):
+                        pass
+        finally:
+            await client.connection_pool.disconnect()
+
+    asyncio.run(check())
+    assert created == []
+    assert redis_client.get(key) == b"another client"
+
+
+# -- a client of one connection --------------------------------------------------------
+
+
+def test_a_single_connection_client_keeps_its_connection_to_itself(redis_url, redis_client, key):
+    """redis.Redis(single_connection_client=True) has one connection, which
+    redis-py before 5.3 did not guard against two threads: the renewer's
+    EVAL and the caller's own commands crossed replies.  From 5.3 a lock
+    guards it, and a renewer waiting for it behind the caller's blocking
+    command lets the lease run out.  The mutex's commands go through
+    connections of their own from the client's pool."""
+    # Not from_url(..., single_connection_client=True): redis-py 4.2 passes
+    # that on to the connections.
+    pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=DEADLINE)
+    client = redis.Redis(connection_pool=pool, single_connection_client=True)
+    side = key + ":side"
+    try:
+        mutex = RedisMutex(client, key, lease=0.3)  # renewed every 0.1 s
+        assert mutex.acquire()
+        token = redis_client.get(key)
+        # The caller holds its connection for three leases.
+        assert client.blpop([side], timeout=1) is None
+        assert redis_client.get(key) == token, "the lease ran out: the renewer was kept waiting"
+        wrong = []
+        end = time.monotonic() + 0.5
+        i = 0
+        while time.monotonic() < end:
+            i += 1
+            client.set(side, i)
+            got = client.get(side)
+            if got != str(i).encode():
+                wrong.append(got)
+        assert wrong == [], f"{len(wrong)} of {i} replies were another command's"
+        mutex.release()
+        assert not redis_client.exists(key)
+    finally:
+        client.close()
+        pool.disconnect()
+        redis_client.delete(side)
+
+
+# -- a release whose reply was lost ----------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(redis_url):
+    import redis_proxy
+
+    p = redis_proxy.proxy_for(redis_url)
+    yield p
+    p.close()
+
+
+def test_a_release_whose_reply_was_lost_is_resent_and_succeeds(impl, redis_client, key, proxy):
+    """The release script runs, its reply is lost (the proxy drops it), the
+    client times out and resends it: the second run finds the key gone,
+    deleted by the first, and must not call that a lost lease.  Through a
+    Dogpile, the caller gets the value it created."""
+    from redis_proxy import Rule, is_eval_of, resending
+
+    rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5))
+    try:
+        mutex = RedisMutex(client, key, lease=5)
+        with impl.Dogpile(60, lock=mutex).acquire(lambda: "made") as value:
+            assert value == "made"
+        assert rule.seen == 2, "the release was not resent: no test"
+        assert not redis_client.exists(key)
+        assert mutex.acquire(False)
+        mutex.release()
+    finally:
+        client.close()
+
+
+def test_a_resent_release_of_a_lock_taken_meanwhile_is_still_lease_lost(redis_client, key, proxy):
+    """Idempotent for its own token only: a lock that was another holder's
+    before the release ran is reported, resent or not, and left alone."""
+    from redis_proxy import Rule, is_eval_of, resending
+
+    rule = proxy.add(Rule(is_eval_of(b"'del'"), "drop-reply"))
+    client = redis.Redis(host="127.0.0.1", port=proxy.port, **resending(socket_timeout=0.5))
+    try:
+        mutex = RedisMutex(client, key, lease=5, auto_renew=False)
+        mutex.acquire()
+        redis_client.set(key, "thief", px=60_000)
+        with pytest.raises(LeaseLost):
+            mutex.release()
+        assert rule.seen == 2, "the release was not resent: no test"
+        assert redis_client.get(key) == b"thief"
+    finally:
+        client.close()
+
+
+# -- waiters woken by the server --------------------------------------------------------------
+
+
+def command_counts(client):
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "blpop")}
+
+
+def blocked(client):
+    """How many clients wait in a BLPOP now (this server is the tests')."""
+    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
+
+
+def poll_blocked(client, n):
+    poll(lambda: blocked(client) >= n, f"{n} client(s) blocked in BLPOP")
+
+
+def test_a_waiter_is_woken_by_the_release_not_by_polling(impl, redis_url, redis_client, key):
+    """The waiter (here through Lock, dogpile.cache's API) tries the key
+    once, blocks on the server until the holder's release wakes it, takes
+    the lock, and finds the value the holder created: three commands of
+    its own, however long the holder held the lock."""
+    value_key = key + ":value"
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    created = []
+    result = []
+
+    def stored():
+        raw = redis_client.get(value_key)
+        if raw is None:
+            raise NeedRegenerationException()
+        return raw.decode(), time.time()
+
+    def wait():
+        client = redis.Redis.from_url(redis_url)
+        try:
+            mutex = RedisMutex(client, key, lease=30)
+            with impl.Lock(mutex, lambda: created.append(1), stored, 60) as value:
+                result.append(value)
+        finally:
+            client.close()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    before = command_counts(redis_client)
+    waiter.start()
+    poll_blocked(redis_client, 1)
+    redis_client.set(value_key, "theirs")
+    holder.release()
+    waiter.join(DEADLINE)
+    after = command_counts(redis_client)
+    redis_client.delete(value_key)
+    assert result == ["theirs"] and created == []
+    # The waiter: a failed try, one BLPOP, the try that takes it, its
+    # release; and the holder's release.  (A BLPOP that reached its 1 s cap
+    # on a slow machine before the release would add one try.)
+    blpops = after["blpop"] - before["blpop"]
+    assert 1 <= blpops <= 2
+    assert after["eval"] - before["eval"] == 3 + blpops
+    assert not redis_client.exists(key)
+
+
+def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
+    """Nobody releases (the holder died): the waiter blocks until the
+    lease ends, not polling meanwhile."""
+    dead = RedisMutex(redis_client, key, lease=0.3, auto_renew=False)
+    dead.acquire()
+    waiter = RedisMutex(redis_client, key, lease=5)
+    before = command_counts(redis_client)
+    assert waiter.acquire(timeout=DEADLINE)
+    after = command_counts(redis_client)
+    # A try, a BLPOP until the lease ends, the try that takes it (and, when
+    # the wait ended a millisecond early, one more of each).
+    assert after["eval"] - before["eval"] <= 4
+    assert after["blpop"] - before["blpop"] <= 2
+    waiter.release()
+
+
+def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, key):
+    """Another client blocked on the wake-up list first takes the one
+    wake-up (the server serves the longest waiter first): the waiter still
+    gets the lock, at the latest after its BLPOP's cap."""
+    from dogpile.mutexes import _wake_key
+
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    rival = redis.Redis.from_url(redis_url)
+    got = []
+    rival_thread = threading.Thread(
+        target=lambda: got.append(rival.blpop([_wake_key(key)], timeout=DEADLINE)), daemon=True
+    )
+    rival_thread.start()
+    poll_blocked(redis_client, 1)
+    result = []
+    client = redis.Redis.from_url(redis_url)
+    waiter = RedisMutex(client, key, lease=30)
+    thread = threading.Thread(target=lambda: result.append(waiter.acquire(timeout=DEADLINE)))
+    thread.start()
+    poll_blocked(redis_client, 2)
+    holder.release()
+    rival_thread.join(DEADLINE)
+    thread.join(DEADLINE)
+    rival.close()
+    assert got and got[0] is not None, "the rival did not take the wake-up: no test"
+    assert result == [True]
+    waiter.release()
+    client.close()

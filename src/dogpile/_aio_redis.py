@@ -2,39 +2,54 @@
 ``AsyncDogpile(..., lock=m)`` and ``AsyncLock(m, ...)``.
 
 The same key protocol as RedisMutex, with its scripts: ``SET NX PX`` of a
-random token per acquisition (made idempotent for a resent command),
-compare-and-delete on release, compare-and-expire to renew; the same
-guarantees: a holder whose lease ran out never deletes or extends another
-holder's lock (``release()`` raises LeaseLost instead), and a failure or a
-cancellation leaves nothing locked.  What differs is asyncio's: waiting
-polls with ``await asyncio.sleep`` instead of blocking a thread, the lease
-is renewed by a task instead of a thread, and the tasks of one process
-queue on an asyncio.Lock before they reach the server.  Re-exported by
-``dogpile.mutexes``.
+random token per acquisition and compare-and-delete on release (both
+made idempotent for a resent command), compare-and-expire to renew; the
+same guarantees: a holder whose lease ran out never deletes or extends
+another holder's lock (``release()`` raises LeaseLost instead), and a
+failure or a cancellation leaves nothing locked: a release or a take-back
+cut off by a cancellation, or by ``asyncio.run()`` shutting its loop down,
+runs to its end before the loop closes (see aio._clean_up).  What
+differs is asyncio's: waiting (the same BLPOP on the list a release pushes
+to, or the back-off before Redis 6) is awaited instead of blocking a
+thread, the lease is renewed by a task instead of a thread, and the tasks
+of one process queue on an asyncio.Lock before they reach the server.
+Re-exported by ``dogpile.mutexes``.
 """
 
 import asyncio
 import inspect
 import math
+import os
 import random
 import secrets
 import time
 import weakref
+from functools import partial
 from typing import Any, List, Optional, Union
 
 from ._errors import LockError
-from .aio import _acquire_within, _check_loop_switch, _try_acquire_now
+from .aio import (
+    _CLEANUP_RERUNS,
+    _acquire_within,
+    _check_loop_switch,
+    _clean_up,
+    _try_acquire_now,
+)
 from .mutexes import (
     _ACQUIRE,
     _BACKOFF_CAP,
     _BACKOFF_FIRST,
+    _DELETE_IF_OURS,
     _RELEASE,
+    _RELEASED_MS,
     _RENEW,
     LeaseLost,
     _client_errors,
     _deadline,
     _RedisKey,
+    _released_key,
     _server_address,
+    _wake_wait,
 )
 
 __all__ = ["AsyncRedisMutex"]
@@ -51,10 +66,6 @@ async def _backoff(delay: float, deadline: Optional[float]) -> Optional[float]:
         left = math.inf
     await asyncio.sleep(min(delay * (0.5 + 0.5 * random.random()), left))
     return min(delay * 2, _BACKOFF_CAP)
-
-
-# Take-backs of cancelled acquisitions, kept referenced until done.
-_cleanups: "set[asyncio.Task[None]]" = set()
 
 
 class _Renewal:
@@ -101,7 +112,9 @@ class AsyncRedisMutex(_RedisKey):
     key, for asyncio.
 
     :param client: an asyncio redis client (``redis.asyncio.Redis``, or
-        valkey's) that the caller already has.
+        valkey's) that the caller already has (a
+        ``single_connection_client``'s connection is left to its owner: the
+        mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).
     :param lease: seconds the lock lasts if its holder goes away without
         releasing it.
@@ -119,7 +132,7 @@ class AsyncRedisMutex(_RedisKey):
     key it may have set.
     """
 
-    __slots__ = ("_local", "_local_loop")
+    __slots__ = ("_local", "_local_loop", "_local_pid", "_releasing")
 
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
@@ -144,6 +157,9 @@ class AsyncRedisMutex(_RedisKey):
         # event loop (see _local_lock).
         self._local: Optional[asyncio.Lock] = None
         self._local_loop: Any = None
+        self._local_pid = 0
+        # The delete of a release() under way (see release()).
+        self._releasing: Optional[asyncio.Future[Any]] = None
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
 
@@ -153,12 +169,18 @@ class AsyncRedisMutex(_RedisKey):
         if ref is not None and ref() is loop and self._local is not None:
             return self._local
         if self._local is not None:
-            _check_loop_switch(ref() if ref is not None else None, self._local, self)
-            # Held in a loop that is closed now: its key ends with its lease.
+            _check_loop_switch(
+                ref() if ref is not None else None, self._local, self, self._local_pid
+            )
+            # Held in a loop that is closed now, or in the parent of this
+            # forked child: its key ends with its lease (or the parent's
+            # release), never with a release from here.
             self._token = None
             self._renewal[0] = None
+            self._releasing = None
         self._local = asyncio.Lock()
         self._local_loop = weakref.ref(loop)
+        self._local_pid = os.getpid()
         return self._local
 
     async def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -213,10 +235,24 @@ class AsyncRedisMutex(_RedisKey):
                 if isinstance(exc, self._errors):
                     raise self._unreachable(exc, "acquire()") from exc
                 raise
-            if taken:
+            if taken > 0:
                 break
             if not blocking:
                 return False
+            wait = _wake_wait(taken, deadline, self._wake_cap)
+            if wait is None:
+                return False
+            if self._wake:
+                try:
+                    # Returns when a release pushes, or after ``wait``.
+                    await self._client.blpop([self._wake_list], timeout=wait)
+                    continue
+                except self._errors as exc:
+                    raise self._unreachable(exc, "acquire()") from exc
+                except Exception:
+                    # A server before Redis 6 takes whole seconds only:
+                    # poll with back-off instead, as before wake-ups.
+                    self._wake = False
             delay = await _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False
@@ -234,24 +270,33 @@ class AsyncRedisMutex(_RedisKey):
 
     def _take_back_later(self, command: "asyncio.Future[Any]", token: str) -> None:
         """A cancelled acquire() left ``command`` running: once it ends,
-        delete the key if it set it."""
+        delete the key if it may have set it.  A clean-up (aio._clean_up):
+        the loop's shutdown neither stops nor forgets it."""
 
         async def take_back() -> None:
-            try:
-                taken = await command
-            except Exception:
-                return  # it took nothing, or the lease ends it
-            if taken:
-                await self._delete_if_ours(token)
+            if not command.done():
+                # Only once it is over: a delete that overtook the SET
+                # would leave the key behind.
+                await asyncio.wait((command,))
+            if not command.cancelled():
+                exc = command.exception()
+                if exc is None and not command.result() > 0:
+                    return  # it took nothing
+                if isinstance(exc, self._errors[0]):
+                    return  # it never reached the server; the lease ends it anyway
+            await self._client.eval(_DELETE_IF_OURS, 1, self._name, token)
 
-        task = asyncio.ensure_future(take_back())
-        _cleanups.add(task)
-        task.add_done_callback(_cleanups.discard)
+        _clean_up(take_back, reruns=_CLEANUP_RERUNS)
 
     async def _delete_if_ours(self, token: str) -> None:
         try:
-            # Shielded: a second cancellation must not stop the delete.
-            await asyncio.shield(self._client.eval(_RELEASE, 1, self._name, token))
+            # A clean-up, shielded: a second cancellation must not stop it.
+            await asyncio.shield(
+                _clean_up(
+                    partial(self._client.eval, _DELETE_IF_OURS, 1, self._name, token),
+                    reruns=_CLEANUP_RERUNS,
+                )
+            )
         except Exception:
             pass  # unreachable: the lease ends it
 
@@ -261,28 +306,43 @@ class AsyncRedisMutex(_RedisKey):
         Raises ``LeaseLost`` if the lock was no longer this mutex's (its
         lease ran out or the key was overwritten); the mutex is released
         either way, and a lock someone else holds now is left alone.
+
+        The delete runs to its end even if the caller is cancelled while it
+        waits (for a pool connection, for the reply), and even if the event
+        loop shuts down meanwhile: until the key is gone the mutex still
+        reports itself held (another task's acquire() waits, and a second
+        release() is an error), never free while its key is locked.
         """
         token = self._token
-        if token is None:
+        if token is None or self._local_pid != os.getpid():
             raise LockError(f"release(): AsyncRedisMutex {self._name!r} is not held")
-        self._token = None
+        if self._releasing is not None:
+            raise LockError(
+                f"release(): AsyncRedisMutex {self._name!r} is being released already "
+                "(by a release() that is still running or was cancelled)"
+            )
         renewal = self._renewal[0]
         self._renewal[0] = None
         if renewal is not None and renewal.task is not None:
             # A renewal in flight is a compare-and-expire on this token,
             # which cannot touch a lock taken after the delete.
             renewal.task.cancel()
+        name = self._name
+        delete = _clean_up(
+            partial(
+                self._client.eval, _RELEASE, 3, name, _released_key(name, token),
+                self._wake_list, token, _RELEASED_MS, self._lease_ms,
+            ),
+            reruns=_CLEANUP_RERUNS,
+        )
+        self._releasing = delete
+        # Frees the mutex once the delete is over, whoever awaits it; done
+        # callbacks run in order, so before this coroutine resumes.
+        delete.add_done_callback(self._released)
         try:
-            try:
-                deleted = await self._client.eval(_RELEASE, 1, self._name, token)
-            except self._errors as exc:
-                raise self._unreachable(exc, "release()") from exc
-        finally:
-            # After the delete, so that a task of this process waiting here
-            # finds the key gone instead of backing off.
-            local = self._local
-            if local is not None and local.locked():
-                local.release()
+            deleted = await asyncio.shield(delete)
+        except self._errors as exc:
+            raise self._unreachable(exc, "release()") from exc
         if not deleted:
             how = (
                 "the lease was not renewed"
@@ -297,6 +357,17 @@ class AsyncRedisMutex(_RedisKey):
                 f"AsyncRedisMutex {self._name!r} lost its lock before release() "
                 f"(lease {self._lease:g} s; {how}); the key was left alone"
             )
+
+    def _released(self, delete: "asyncio.Future[Any]") -> None:
+        if self._releasing is not delete:
+            return  # forgotten meanwhile (a new event loop, a forked child)
+        self._releasing = None
+        self._token = None
+        # After the delete, so that a task of this process waiting here
+        # finds the key gone instead of backing off.
+        local = self._local
+        if local is not None and local.locked():
+            local.release()
 
     async def locked(self) -> bool:
         """Whether anyone (this process or another) holds the lock now."""

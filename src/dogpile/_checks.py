@@ -2,6 +2,7 @@
 bad input gets the same clear error from either.  None of this runs on the
 fresh-hit path: the compiled core calls in here only to build an error."""
 
+import functools
 import inspect
 import math
 import sys
@@ -69,6 +70,32 @@ def check_lock(lock: Any, what: str = "lock") -> None:
                 f"{what} must have acquire() and release() methods, "
                 f"like threading.Lock; {_kind(lock)!r} has no {method}()"
             )
+    # An asyncio lock's acquire() returns a coroutine without waiting, and a
+    # coroutine is truthy: the lock would seem taken while another holder
+    # has it, and the creator would run unprotected.
+    for method in ("acquire", "release"):
+        if _is_coroutine_function(getattr(lock, method)):
+            raise TypeError(
+                f"{what} must be a threading lock, like threading.Lock or "
+                f"dogpile.mutexes.RedisMutex; {_kind(lock)}.{method}() is a coroutine "
+                "function (an asyncio lock): use it with dogpile.aio.AsyncDogpile "
+                "or dogpile.aio.AsyncLock"
+            )
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    """inspect.iscoroutinefunction, also through a functools.partial of a
+    bound method, which it does not see through before Python 3.10."""
+    for _ in range(32):  # a chain of partials and methods, never a cycle
+        if inspect.iscoroutinefunction(fn):
+            return True
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif inspect.ismethod(fn):
+            fn = fn.__func__
+        else:
+            return False
+    return False
 
 
 def check_callable(name: str, fn: Any, optional: bool = False) -> None:

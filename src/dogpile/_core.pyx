@@ -1030,7 +1030,10 @@ cdef class Lock:
             check_callable("creator", self.creator)
         if self.async_creator is not None and not callable(self.async_creator):
             check_callable("async_creator", self.async_creator)
-        # Not checked at construction: that would tax every fresh hit.
+        # Not checked at construction: that would tax every fresh hit.  An
+        # asyncio lock is refused before its acquire() returns a (truthy)
+        # coroutine that would pass for the lock.
+        check_lock(mutex, "mutex")
         try:
             if has_value:
                 if not mutex.acquire(False):

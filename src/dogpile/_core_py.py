@@ -939,7 +939,10 @@ class Lock:
         has_value = createdtime > 0 and value is not _NO_VALUE
         check_callable("creator", self.creator)
         check_callable("async_creator", self.async_creator, optional=True)
-        # Not checked at construction: that would tax every fresh hit.
+        # Not checked at construction: that would tax every fresh hit.  An
+        # asyncio lock is refused before its acquire() returns a (truthy)
+        # coroutine that would pass for the lock.
+        check_lock(mutex, "mutex")
         try:
             if has_value:
                 if not mutex.acquire(False):

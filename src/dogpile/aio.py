@@ -25,6 +25,7 @@ import importlib
 import inspect
 import logging
 import math
+import os
 import sys
 import threading
 import types
@@ -104,32 +105,161 @@ async def _acquire(mutex: Any) -> bool:
     return bool(await result)
 
 
-# Releases that are coroutines (AsyncRedisMutex), kept referenced until done
-# when nobody awaits them (see _release_later).
-_pending_releases: Set["asyncio.Future[Any]"] = set()
+# -- clean-up that outlives cancellation and the loop's shutdown -----------------------------
+#
+# A release, or the take-back of a key a cancelled acquire() may have set,
+# that is cut off halfway leaves a lock held for its whole lease.  Two
+# things cut them off: a caller that stops waiting (task.cancel(), a
+# timeout), and asyncio.run() ending, which cancels every task of its loop
+# once (a task cancelled before its first step never runs at all; tasks
+# started during that sweep are not cancelled, but nothing waits for them
+# either) and then closes the loop.  asyncio.shield() helps against the
+# first only: the shielded task is one of "every task".  So a clean-up is a
+# future of its own, registered here, that is not a task (the sweep cancels
+# tasks only) and is settled by the runs of its command:
+#
+# - a caller's cancellation leaves it running (the caller awaits it
+#   shielded);
+# - a run that is cancelled (the sweep) is followed by another, as a new
+#   task, when the command is idempotent (``reruns``): the cut-off run may
+#   or may not have reached the server, and a second compare-and-delete of
+#   the same token is harmless;
+# - the loop's shutdown waits for it: asyncio.run() closes the loop's async
+#   generators (loop.shutdown_asyncgens()) after the sweep and before it
+#   closes the loop, and while clean-ups are pending a guard generator is
+#   registered with the loop whose ``finally`` waits for them.
+
+_CLEANUP_RERUNS = 3
+# Per event loop, while any are pending: the clean-ups, and the guard.
+_cleanups: "weakref.WeakKeyDictionary[Any, Set[asyncio.Future[Any]]]" = (
+    weakref.WeakKeyDictionary()
+)
+_guards: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _clean_up(
+    make: Callable[[], Any], reruns: int = 0, what: Optional[str] = None
+) -> "asyncio.Future[Any]":
+    """Run ``await make()`` as a clean-up of the running loop (see above);
+    return the future of its outcome.  ``what``, if given, names it in the
+    warning logged when it fails (for a clean-up nobody awaits)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    pending = _cleanups.get(loop)
+    if pending is None:
+        pending = _cleanups[loop] = set()
+        _guard(loop, pending)
+    pending.add(done)
+    done.add_done_callback(partial(_clean_up_done, loop, what))
+    _run(loop, make, reruns, done)
+    return done
+
+
+def _run(loop: Any, make: Callable[[], Any], reruns: int, done: "asyncio.Future[Any]") -> None:
+    task = loop.create_task(_await(make))
+    task.add_done_callback(partial(_ran, loop, make, reruns, done))
+
+
+async def _await(make: Callable[[], Any]) -> Any:
+    return await make()
+
+
+def _ran(
+    loop: Any,
+    make: Callable[[], Any],
+    reruns: int,
+    done: "asyncio.Future[Any]",
+    task: "asyncio.Task[Any]",
+) -> None:
+    if task.cancelled():
+        if done.done():
+            return
+        if reruns > 0 and not loop.is_closed():
+            _run(loop, make, reruns - 1, done)
+        else:
+            done.cancel()
+        return
+    exc = task.exception()  # retrieved, so asyncio does not log it again
+    if done.done():
+        return
+    if exc is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(task.result())
+
+
+def _clean_up_done(loop: Any, what: Optional[str], done: "asyncio.Future[Any]") -> None:
+    pending = _cleanups.get(loop)
+    if pending is not None:
+        pending.discard(done)
+        if not pending:
+            del _cleanups[loop]
+            guard = _guards.pop(loop, None)
+            if guard is not None:
+                _close_guard(guard)
+    if done.cancelled():
+        return
+    exc = done.exception()  # retrieved here, so asyncio does not log it
+    if exc is not None:
+        if what is not None:
+            _log.warning("%s failed", what, exc_info=exc)
+        else:
+            _log.debug("a clean-up failed: %r", exc)
+
+
+async def _shutdown_guard(pending: "Set[asyncio.Future[Any]]") -> Any:
+    try:
+        yield
+    finally:
+        # Closed by loop.shutdown_asyncgens(): wait for what is pending.
+        while pending:
+            await asyncio.wait(list(pending))
+
+
+def _guard(loop: Any, pending: "Set[asyncio.Future[Any]]") -> None:
+    if getattr(loop, "_asyncgens_shutdown_called", False):
+        return  # shutting down already: a new generator would not be closed
+    guard = _shutdown_guard(pending)
+    # The first step registers it with the running loop (its asyncgen
+    # firstiter hook), which will close it at shutdown.
+    _step(guard.__anext__())
+    _guards[loop] = guard
+
+
+def _close_guard(guard: Any) -> None:
+    # Nothing pending: its finally ends at once, without awaiting.
+    try:
+        _step(guard.aclose())
+    except RuntimeError:  # pragma: no cover - already running (closed by the loop)
+        pass
+
+
+def _step(coroutine: Any) -> None:
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()  # pragma: no cover - the guard never awaits here
 
 
 async def _release(mutex: Any) -> None:
     result = mutex.release()
     if result is not None and _is_awaitable(result):
         # Shielded: a task cancelled again while it releases must not leave
-        # the lock held; the release runs to its end regardless.
-        await asyncio.shield(result)
+        # the lock held; the release runs to its end regardless, and the
+        # loop's shutdown waits for it.
+        await asyncio.shield(_clean_up(partial(_identity, result)))
 
 
 def _release_later(mutex: Any) -> None:
     """Release from a callback, where nothing can be awaited."""
     result = mutex.release()
     if result is not None and _is_awaitable(result):
-        future = asyncio.ensure_future(result)
-        _pending_releases.add(future)
-        future.add_done_callback(_release_done)
+        _clean_up(partial(_identity, result), what="a dogpile lock's release()")
 
 
-def _release_done(future: "asyncio.Future[Any]") -> None:
-    _pending_releases.discard(future)
-    if not future.cancelled() and future.exception() is not None:
-        _log.warning("a dogpile lock's release() failed", exc_info=future.exception())
+def _identity(awaitable: Any) -> Any:
+    return awaitable
 
 
 def _try_acquire_now(lock: Any) -> bool:
@@ -248,10 +378,15 @@ def _release_if_taken(mutex: Any, task: "asyncio.Future[bool]") -> None:
         _release_later(mutex)
 
 
-def _check_loop_switch(old_loop: Any, lock: Any, owner: Any) -> None:
-    """May ``owner`` drop its lock of ``old_loop`` for the running loop?"""
+def _check_loop_switch(old_loop: Any, lock: Any, owner: Any, pid: int) -> None:
+    """May ``owner`` drop its lock of ``old_loop`` (made in process ``pid``)
+    for the running loop?"""
     if old_loop is None or old_loop.is_closed():
         return  # that loop's tasks will never run again
+    if pid != os.getpid():
+        # A child forked while that loop ran: the copy still reads as
+        # running (and its lock as held), but no task of it runs here.
+        return
     if old_loop.is_running() or lock.locked():
         raise RuntimeError(
             f"{owner!r} is in use by another event loop that is still open "
@@ -329,6 +464,7 @@ class _State:
         "lock",
         "custom_lock",
         "lock_loop",
+        "lock_pid",
         "try_acquire",
         "attempt",
         "serial",
@@ -361,6 +497,7 @@ class _State:
         self.lock: Any = None
         self.custom_lock = False
         self.lock_loop: Any = None  # weak reference to the default lock's loop
+        self.lock_pid = 0  # the process that made it (see _check_loop_switch)
         self.try_acquire: Callable[[Any], Any] = _try_acquire_now
         self.attempt: Optional[_Attempt] = None
         self.serial = 0
@@ -403,13 +540,14 @@ class _State:
     def new_loop(self, loop: asyncio.AbstractEventLoop) -> Any:
         old = self.lock_loop() if self.lock_loop is not None else None
         if self.lock is not None:
-            _check_loop_switch(old, self.lock, self)
+            _check_loop_switch(old, self.lock, self, self.lock_pid)
         if old is not None:
             _log.debug("%r: a new lock for event loop %r", self, loop)
         # Made inside the running loop: Python 3.9's asyncio.Lock binds to
         # the loop it is made in.
         self.lock = asyncio.Lock()
         self.lock_loop = weakref.ref(loop)
+        self.lock_pid = os.getpid()
         # What belonged to the closed loop: its tasks will never finish.
         attempt = self.attempt
         if attempt is not None and attempt.state == _PENDING:

@@ -76,10 +76,11 @@ def _remaining(deadline: Optional[float]) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-# A waiter polls a lock it cannot wait on directly (a Redis key; a file lock
-# with a timeout, or on Windows) with exponential back-off from the first
-# delay up to the cap, each sleep drawn from the upper half of the current
-# delay so that waiting processes spread out instead of retrying in step.
+# A waiter polls a lock it cannot wait on directly (a Redis key on a server
+# before Redis 6; a file lock with a timeout, or on Windows) with
+# exponential back-off from the first delay up to the cap, each sleep drawn
+# from the upper half of the current delay so that waiting processes spread
+# out instead of retrying in step.
 # The cap bounds how late a waiter notices a release; at 0.1 s a hundred
 # waiting processes cost the server a thousand cheap SETs a second.
 _BACKOFF_FIRST = 0.002
@@ -174,6 +175,9 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
+    # No blocking lock with the GIL released to wait on in a thread: poll.
+    _FileWaiter = None
+
 else:
     import fcntl
 
@@ -192,6 +196,117 @@ else:
     def _unlock_file(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
+    class _FileWaiter:
+        """A thread blocked in flock on its own descriptor (a dup of the
+        caller's: the same open file, which a caller that gives up may
+        close), for an acquire() with a timeout."""
+
+        __slots__ = ("fd", "lock", "done", "locked", "error", "abandoned")
+
+        def __init__(self, fd: int, path: str) -> None:
+            self.fd = fd
+            self.lock = threading.Lock()
+            self.done = threading.Event()
+            self.locked = False
+            self.error: Optional[BaseException] = None
+            self.abandoned = False
+            try:
+                threading.Thread(
+                    target=self._run, name=f"dogpile FileMutex waiter {path!r}", daemon=True
+                ).start()
+            except BaseException:
+                os.close(fd)
+                raise
+
+        def _run(self) -> None:
+            try:
+                _wait_lock_file(self.fd)
+            except BaseException as exc:
+                error: Optional[BaseException] = exc
+            else:
+                error = None
+            with self.lock:
+                self.locked = error is None
+                self.error = error
+                abandoned = self.abandoned
+                self.done.set()
+            if abandoned or error is not None:
+                # Nobody waits for it: the lock must not stay with this
+                # idle descriptor.
+                try:
+                    if error is None:
+                        _unlock_file(self.fd)
+                finally:
+                    os.close(self.fd)
+
+        def adopt(self) -> bool:
+            """Wait on this waiter again, if it is still waiting."""
+            with self.lock:
+                if self.done.is_set():
+                    return False
+                self.abandoned = False
+                return True
+
+        def abandon(self) -> None:
+            with self.lock:
+                if not self.done.is_set():
+                    self.abandoned = True
+                    return
+            if self.locked:  # taken after all, by nobody now
+                try:
+                    _unlock_file(self.fd)
+                finally:
+                    os.close(self.fd)
+
+        def wait(self, deadline: float) -> Optional[int]:
+            """The locked descriptor (now the caller's), or None at the
+            deadline (the waiter goes on, abandoned)."""
+            self.done.wait(max(0.0, deadline - time.monotonic()))
+            with self.lock:
+                if not self.done.is_set():
+                    self.abandoned = True
+                    return None
+            if self.error is not None:
+                raise self.error
+            return self.fd
+
+
+def _open_lock_file(path: str) -> int:
+    """A descriptor of the lock file: read-write if allowed, else read-only
+    (an advisory lock needs no write access, so services running as other
+    users can share a file that one of them owns), created only when
+    missing."""
+    while True:
+        try:
+            return os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            pass
+        except PermissionError as exc:
+            try:
+                return os.open(path, os.O_RDONLY)
+            except PermissionError as exc_ro:
+                raise PermissionError(
+                    exc_ro.errno,
+                    f"FileMutex cannot open the lock file {path!r}: not for reading and "
+                    f"writing ({exc.strerror}) nor read-only ({exc_ro.strerror}); it "
+                    "needs read access at least",
+                ) from None
+            except FileNotFoundError:
+                continue  # removed in between: create it
+        try:
+            # O_EXCL: when another process creates it first, open theirs
+            # instead (the loop), so that both lock the same file.
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        except PermissionError as exc:
+            raise PermissionError(
+                exc.errno,
+                f"FileMutex cannot create the lock file {path!r}: it does not exist and "
+                f"its directory does not allow creating it ({exc.strerror}); create it "
+                "beforehand, readable by every user of the lock",
+            ) from None
+
 
 def _close_fd_in(cell: List[Optional[int]]) -> None:
     fd = cell[0]
@@ -206,10 +321,13 @@ def _close_fd_in(cell: List[Optional[int]]) -> None:
 class FileMutex(_MutexBase):
     """A lock shared by the processes of one host through a lock file.
 
-    :param path: the lock file (str, bytes or path-like).  It is created if
-        missing, and never deleted: deleting a lock file that another
-        process has open would let a third one lock a new file of the same
-        name while the second still holds the old one.  Every process must
+    :param path: the lock file (str, bytes or path-like).  It is opened
+        read-write, or read-only when this user may not write it (locking
+        needs only read access, so services running as different users can
+        share one file); created if missing, and never deleted: deleting a
+        lock file that another process has open would let a third one lock
+        a new file of the same name while the second still holds the old
+        one.  Every process must
         use the same path, on a local file system (advisory locks over NFS
         are not reliable).
 
@@ -218,7 +336,7 @@ class FileMutex(_MutexBase):
     serialized by an in-process lock before they reach the file.
     """
 
-    __slots__ = ("_path", "_local", "_guard", "_made_with", "_fd", "__weakref__")
+    __slots__ = ("_path", "_local", "_guard", "_made_with", "_fd", "_waiter", "__weakref__")
 
     def __init__(self, path: "Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]") -> None:
         try:
@@ -239,6 +357,8 @@ class FileMutex(_MutexBase):
         # The open, locked descriptor while held; in a list so that the
         # finalizer below can close it without keeping the mutex alive.
         self._fd: List[Optional[int]] = [None]
+        # A thread blocked in flock for a timed acquire() (see _wait_within).
+        self._waiter: Optional[Any] = None
         # A mutex dropped while held would otherwise keep the file locked
         # until the process exits; closing the descriptor unlocks it.
         weakref.finalize(self, _close_fd_in, self._fd)
@@ -250,7 +370,7 @@ class FileMutex(_MutexBase):
         return self._path
 
     def _open(self) -> int:
-        return os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        return _open_lock_file(self._path)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock, waiting if ``blocking`` (at most ``timeout``
@@ -269,36 +389,63 @@ class FileMutex(_MutexBase):
             # process.
             fd = self._open()
             try:
-                if not self._lock_file(fd, blocking, deadline):
-                    os.close(fd)
-                    self._local.release()
-                    return False
+                locked = self._lock_file(fd, blocking, deadline)
             except BaseException:
                 os.close(fd)
                 raise
+            if locked != fd:
+                os.close(fd)
+            if locked is None:
+                self._local.release()
+                return False
         except BaseException:
             self._local.release()
             raise
-        self._fd[0] = fd
+        self._fd[0] = locked
         return True
 
-    def _lock_file(self, fd: int, blocking: bool, deadline: Optional[float]) -> bool:
+    def _lock_file(self, fd: int, blocking: bool, deadline: Optional[float]) -> Optional[int]:
+        """Lock the file; return the descriptor that holds the lock (``fd``,
+        or a waiter's), or None if it was not taken."""
         if _try_lock_file(fd):
-            return True
+            return fd
         if not blocking:
-            return False
+            return None
         if deadline is None and not _cooperative():
             _wait_lock_file(fd)
-            return True
+            return fd
+        if _FileWaiter is not None and not _cooperative():
+            return self._wait_within(fd, deadline)
         # flock has no timeout, and under gevent or eventlet must not block
         # the OS thread: poll (time.sleep is then the hub's).
         delay: Optional[float] = _BACKOFF_FIRST
         while True:
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
             if _try_lock_file(fd):
-                return True
+                return fd
             if delay is None:
-                return False
+                return None
+
+    def _wait_within(self, fd: int, deadline: float) -> Optional[int]:
+        # flock has no timeout: a waiter thread blocks in it (without the
+        # GIL), and this thread waits for the waiter until the deadline.  A
+        # waiter outlives a caller that gave up: the next acquire() takes
+        # it over (so there is at most one per mutex), and one that gets
+        # the lock with nobody waiting for it unlocks at once.
+        assert _FileWaiter is not None
+        waiter = self._waiter
+        if waiter is None or not waiter.adopt():
+            if deadline - time.monotonic() <= 0:
+                return None
+            waiter = self._waiter = _FileWaiter(os.dup(fd), self._path)
+        try:
+            locked = waiter.wait(deadline)
+        except BaseException:
+            waiter.abandon()
+            raise
+        if locked is not None:
+            self._waiter = None
+        return locked
 
     def release(self) -> None:
         """Release the lock; any thread may release it."""
@@ -335,8 +482,13 @@ class FileMutex(_MutexBase):
 
     def _forget_after_fork(self) -> None:
         # The descriptor is the parent's open file: closing the child's copy
-        # leaves the parent's lock in place.
+        # leaves the parent's lock in place.  So is a waiter's, whose thread
+        # stayed in the parent.
         _close_fd_in(self._fd)
+        waiter = self._waiter
+        self._waiter = None
+        if waiter is not None:
+            _close_fd_in([waiter.fd])
         self._local = threading.Lock()
         self._guard = threading.Lock()
 
@@ -351,6 +503,10 @@ class FileMutex(_MutexBase):
 # to a connection failure (by default since 6.0), and a plain SET NX resent
 # after it had worked would find the key taken, by this very token, and
 # report the lock busy until its lease ran out.
+#
+# Taken: 1.  Not taken: -1 - the milliseconds left on the holder's lease
+# (so at most -1), or 0 for a key without an expiry: how long a waiter may
+# block before the lease ends by itself (see _wake_wait).
 _ACQUIRE = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
@@ -358,18 +514,89 @@ end
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('pexpire', KEYS[1], ARGV[2])
 end
-return 0
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then
+    return 0
+end
+return -1 - left
 """
 
 # Compare-and-delete and compare-and-expire: atomic on the server, so a
 # holder whose lease ran out never deletes or extends a lock that someone
-# else has taken since.
-_RELEASE = """
+# else has taken since.  _DELETE_IF_OURS takes back a key that a failed or
+# cancelled acquire() may have set.
+_DELETE_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
 end
 return 0
 """
+
+# release(): compare-and-delete, made idempotent.  redis-py resends a
+# command whose reply was lost (a socket timeout, a dropped connection), and
+# the resent release finds the key gone, deleted by its own first run, or
+# already taken by a waiter since: from the key alone that looks like a
+# lease that ran out, and release() would raise LeaseLost for a lock it
+# held to the end.  Neither the key nor the client's clock can tell the
+# two apart (the client cannot see that its command was resent), so the
+# run that deletes leaves a note: a key of its own, named after this
+# token, that expires after _RELEASED_MS.  A run that finds the note
+# succeeds: this token's lock was released by this very release().  One
+# that finds neither its token nor the note raises LeaseLost as before:
+# the key had expired, or someone else had taken it, before the release
+# ran.  A minute is far longer than a client's retries take (redis-py's
+# default: 3 retries, back-off capped at 0.5 s, each after a socket
+# timeout); a note per release costs one small key for that minute.
+#
+# It also wakes a waiter: KEYS[3] is a list that waiters block on (BLPOP)
+# instead of polling the key.  It holds one element after a release (any
+# number of releases), and expires after a lease (ARGV[3]) so that nothing
+# is left behind; a waiter that pops a stale one tries the key once more
+# and waits again.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+    redis.call('del', KEYS[3])
+    redis.call('rpush', KEYS[3], '1')
+    redis.call('pexpire', KEYS[3], ARGV[3])
+    return redis.call('del', KEYS[1])
+end
+return redis.call('exists', KEYS[2])
+"""
+_RELEASED_MS = 60_000
+
+# A waiter blocks on the wake-up list until a release pushes to it, or at
+# most until the holder's lease ends (the holder died: nobody releases), and
+# never longer than this: the safety net for a wake-up that was lost (taken
+# by a waiter that then lost the key to a newcomer, or cut off with its
+# connection), and for a lease that was renewed meanwhile.
+_WAKE_CAP = 1.0
+
+
+def _released_key(name: Union[str, bytes], token: str) -> bytes:
+    """The note a release leaves for ``token`` (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-released:" + token.encode())
+
+
+def _wake_key(name: Union[str, bytes]) -> bytes:
+    """The list that waiters for ``name`` block on (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-wake")
+
+
+def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
+    """A key of the mutex's own, in the same hash slot as the lock key
+    ``name``: Redis Cluster runs a script only on keys of one slot.  A name
+    with a hash tag ``{...}`` gives its slot to any key that starts with
+    it; a name without one is hashed whole, which ``{name}`` reproduces
+    unless the name holds a "}"."""
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    start = raw.find(b"{")
+    if start >= 0 and raw.find(b"}", start + 1) > start + 1:
+        return raw + suffix
+    if b"}" not in raw:
+        return b"{" + raw + b"}" + suffix
+    return raw + suffix  # no key shares its slot; right on one server
+
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -396,6 +623,65 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
         except ImportError as exc:
             raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
     return (exceptions.ConnectionError, exceptions.TimeoutError)
+
+
+def _wake_cap(client: Any) -> float:
+    """The longest a waiter blocks in one BLPOP: _WAKE_CAP, and less than
+    the client's socket timeout, which would otherwise cut the wait off."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    timeout = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return min(_WAKE_CAP, timeout / 2)
+    return _WAKE_CAP
+
+
+def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[float]:
+    """Seconds a waiter may block after ``_ACQUIRE`` returned ``taken`` (<= 0):
+    until the holder's lease ends, within ``cap`` and the deadline; None
+    when the deadline has passed."""
+    wait = cap if taken == 0 else min(cap, (-1 - taken) / 1000)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        wait = min(wait, left)
+    # BLPOP's 0 would wait for ever; its resolution is a millisecond.
+    return max(wait, 0.001)
+
+
+def _single_connection(client: Any) -> bool:
+    """Is ``client`` redis-py's ``single_connection_client`` (sync, where the
+    connection is taken at construction, or asyncio, where redis-py 4.2
+    takes it at the first command)?"""
+    return (
+        getattr(client, "connection", None) is not None
+        or getattr(client, "single_connection_client", False) is True
+        or getattr(client, "_single_connection_client", False) is True
+    )
+
+
+def _mutex_client(client: Any) -> Any:
+    """The client the mutex sends its commands through.
+
+    A single-connection client has one connection for all its callers.
+    redis-py up to 5.2 does not guard it against two threads at once (the
+    renewer's reply went to the caller's GET, and the caller's to the
+    renewer), and from 5.3 a lock serializes it, so a renewal queued behind
+    the caller's blocking command lets the lease run out.  The mutex
+    leaves that connection to its owner: a client of the same class over
+    the same pool (same server, database and options) takes connections of
+    its own, one per command, as any pooled client does."""
+    if not _single_connection(client):
+        return client
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise TypeError(
+            f"a single-connection {type(client).__name__!r} without a connection_pool: "
+            "the mutex's renewal cannot share that connection safely; pass a pooled "
+            "client (the default, single_connection_client=False)"
+        )
+    return type(client)(connection_pool=pool)
 
 
 def _server_address(client: Any) -> str:
@@ -476,6 +762,9 @@ class _RedisKey:
         "_errors",
         "_token",
         "_renewal",
+        "_wake_list",
+        "_wake",
+        "_wake_cap",
         "__weakref__",
     )
 
@@ -488,7 +777,10 @@ class _RedisKey:
             raise ValueError("name must be a non-empty key")
         self._lease_ms = _lease_ms(lease)
         self._lease = float(lease)
-        self._client = client
+        self._client = _mutex_client(client)
+        self._wake_list = _wake_key(name)
+        self._wake = True  # False once the server refused a BLPOP (Redis < 6)
+        self._wake_cap = _wake_cap(self._client)
         self._name = name
         self._auto_renew = bool(auto_renew)
         self._token: Optional[str] = None
@@ -514,7 +806,8 @@ class RedisMutex(_MutexBase, _RedisKey):
 
     :param client: a synchronous redis-py client (``redis.Redis``, or
         valkey's) that the caller already has; its connection pool is used
-        as it is.
+        as it is (a ``single_connection_client``'s connection is left to
+        its owner: the mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).
     :param lease: seconds the lock lasts if its holder goes away without
         releasing it (killed, frozen, cut off); a dead holder blocks others
@@ -527,11 +820,16 @@ class RedisMutex(_MutexBase, _RedisKey):
     Acquiring sets the key to a random token, only if it does not exist
     (``SET NX PX``, in a script that also knows the key for its own when
     the client resends the command after a lost reply); releasing deletes
-    it only if it still holds that token (one atomic script), so a holder
-    whose lease ran out never deletes a lock that someone else has taken
-    since: ``release()`` raises ``LeaseLost`` instead.  A blocking ``acquire()`` retries with
-    exponential back-off (capped at 0.1 s), so waiters do not hammer the
-    server, and gives up after ``timeout``.  If the server cannot be
+    it only if it still holds that token (one atomic script, which leaves
+    a short-lived note so that a release the client resends after a lost
+    reply finds it done), so a holder whose lease ran out never deletes a
+    lock that someone else has taken since: ``release()`` raises
+    ``LeaseLost`` instead.  A blocking ``acquire()`` waits on the server,
+    not by polling: a BLPOP on a list that each release pushes to, until a
+    release wakes it or the holder's lease runs out (at most 1 s per wait,
+    the safety net for a wake-up that was lost; before Redis 6, which has
+    no sub-second BLPOP, it polls with exponential back-off capped at
+    0.1 s), and gives up after ``timeout``.  If the server cannot be
     reached, the client's ConnectionError (or TimeoutError) is raised with
     the server's address in its message, and nothing is left locked.
     """
@@ -616,10 +914,24 @@ class RedisMutex(_MutexBase, _RedisKey):
                 if isinstance(exc, self._errors):
                     raise self._unreachable(exc, "acquire()") from exc
                 raise
-            if taken:
+            if taken > 0:
                 break
             if not blocking:
                 return False
+            wait = _wake_wait(taken, deadline, self._wake_cap)
+            if wait is None:
+                return False
+            if self._wake:
+                try:
+                    # Returns when a release pushes, or after ``wait``.
+                    self._client.blpop([self._wake_list], timeout=wait)
+                    continue
+                except self._errors as exc:
+                    raise self._unreachable(exc, "acquire()") from exc
+                except Exception:
+                    # A server before Redis 6 takes whole seconds only:
+                    # poll with back-off instead, as before wake-ups.
+                    self._wake = False
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False
@@ -654,7 +966,7 @@ class RedisMutex(_MutexBase, _RedisKey):
 
     def _delete_if_ours(self, token: str) -> None:
         try:
-            self._client.eval(_RELEASE, 1, self._name, token)
+            self._client.eval(_DELETE_IF_OURS, 1, self._name, token)
         except Exception:
             pass  # unreachable: the lease ends it
 
@@ -678,7 +990,10 @@ class RedisMutex(_MutexBase, _RedisKey):
             renewal.stop.set()
         try:
             try:
-                deleted = self._client.eval(_RELEASE, 1, self._name, token)
+                deleted = self._client.eval(
+                    _RELEASE, 3, self._name, _released_key(self._name, token),
+                    self._wake_list, token, _RELEASED_MS, self._lease_ms,
+                )
             except self._errors as exc:
                 raise self._unreachable(exc, "release()") from exc
         finally:

@@ -1,0 +1,152 @@
+"""A cold key on many processes at once, through a real Redis server.
+
+N processes start together on one key with no value.  Each has
+``Dogpile(60, lock=RedisMutex(client, key))`` and reads the value through
+``value_and_created_fn`` from Redis; the creator takes 50 ms and stores the
+value there.  One process creates; every other one must get that value.
+
+    python benchmarks/cold_key.py --redis redis://127.0.0.1:6379/0
+    python benchmarks/cold_key.py --redis URL --processes 4 16 32 --rounds 3
+
+Reported per N (over all processes of all rounds): the median and the
+maximum time from the common start to the value, the Redis commands each
+process sent (its client's commands: the mutex's, the value reads, the
+creator's write; not the benchmark's own start signal and counters), and
+the number of creations per round, which must be 1.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+CREATOR_SECONDS = 0.05
+START_DELAY = 0.3  # seconds from "go" to the common start, for every child to be waiting
+
+
+def child(url: str, prefix: str) -> None:
+    import redis
+
+    import dogpile
+    from dogpile.mutexes import RedisMutex
+
+    class CountingRedis(redis.Redis):
+        """The real client, counting the commands it sends."""
+
+        sent = 0
+
+        def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
+            CountingRedis.sent += 1
+            return super().execute_command(*args, **options)
+
+    control = redis.Redis.from_url(url)
+    client = CountingRedis.from_url(url)
+    value_key = prefix + "value"
+    d = dogpile.Dogpile(60, lock=RedisMutex(client, prefix + "lock"))
+
+    def stored():
+        raw = client.get(value_key)
+        if raw is None:
+            raise dogpile.NeedRegenerationException()
+        value, created = json.loads(raw)
+        return value, created
+
+    def create():
+        control.incr(prefix + "creations")
+        time.sleep(CREATOR_SECONDS)
+        pair = [f"value-{os.getpid()}", time.time()]
+        client.set(value_key, json.dumps(pair))
+        return tuple(pair)
+
+    control.incr(prefix + "ready")
+    deadline = time.monotonic() + 60
+    while True:
+        start = control.get(prefix + "start")
+        if start is not None:
+            break
+        if time.monotonic() > deadline:
+            sys.exit("never told to start")
+        time.sleep(0.001)
+    start_at = float(start)
+    time.sleep(max(0.0, start_at - time.time()))
+    with d.acquire(create, value_and_created_fn=stored) as value:
+        took = time.time() - start_at
+    print(json.dumps({"took": took, "commands": CountingRedis.sent, "value": value}))
+
+
+def run(url: str, processes: int) -> dict:
+    import redis
+
+    control = redis.Redis.from_url(url)
+    prefix = f"dogpile-bench-cold:{uuid.uuid4().hex}:"
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", url, prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while int(control.get(prefix + "ready") or 0) < processes:
+            if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                raise RuntimeError("the children did not get ready")
+            time.sleep(0.01)
+        control.set(prefix + "start", repr(time.time() + START_DELAY))
+        outputs = [c.communicate(timeout=60) for c in children]
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+    for c, (_, err) in zip(children, outputs):
+        if c.returncode != 0:
+            raise RuntimeError(f"a child failed: {err}")
+    results = [json.loads(out) for out, _ in outputs]
+    creations = int(control.get(prefix + "creations") or 0)
+    keys = list(control.scan_iter(match=prefix + "*"))
+    if keys:
+        control.delete(*keys)
+    control.close()
+    values = {r["value"] for r in results}
+    return {"results": results, "creations": creations, "values": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis", required=True, help="redis://host:port/db of a Redis server")
+    parser.add_argument("--processes", type=int, nargs="+", default=[4, 16, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"cold key, {CREATOR_SECONDS * 1000:g} ms creator, {args.rounds} rounds per row\n"
+        f"{'processes':>9}  {'p50 ms':>7}  {'max ms':>7}  {'commands/process':>16}"
+        f"  {'max':>4}  {'creations/round':>15}"
+    )
+    for n in args.processes:
+        took, commands, creations = [], [], []
+        for _ in range(args.rounds):
+            outcome = run(args.redis, n)
+            if outcome["values"] != 1:
+                raise RuntimeError(f"{outcome['values']} different values in one round")
+            took += [r["took"] for r in outcome["results"]]
+            commands += [r["commands"] for r in outcome["results"]]
+            creations.append(outcome["creations"])
+        print(
+            f"{n:>9}  {statistics.median(took) * 1000:>7.0f}  {max(took) * 1000:>7.0f}"
+            f"  {statistics.mean(commands):>16.1f}  {max(commands):>4}"
+            f"  {'/'.join(map(str, creations)):>15}"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -6,8 +6,8 @@ The twin (``_core_py.py``) is the readable specification; where they
 differ, the twin says what was meant.  What users see is what is
 compared: ``inspect.signature()`` and ``__doc__`` on the compiled side
 after the fast paths of ``_fastcall.h`` have replaced its hottest
-methods.  Annotations are not compared: the compiled core declares its
-types in ``_core.pyi``, not at run time (mypy checks the stub).
+methods.  Annotations are not compared: the compiled core has none at
+run time, and its stub ``_core.pyi`` re-exports the twin's types.
 """
 
 import ast

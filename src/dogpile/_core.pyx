@@ -1187,6 +1187,11 @@ A lock that many readers or one writer can hold.
     cdef dp_rwstate _state
     cdef object __weakref__
 
+    def __init__(self):
+        # Without one the type took and ignored any arguments; the twin's
+        # takes none.
+        pass
+
     def __reduce__(self):
         raise _not_copyable(self)
 

@@ -12,9 +12,9 @@
 # indentation removed); a static string, nothing at run time.  Cython
 # leaves class docstrings alone, so each public class spells its
 # constructor's signature there the same way ("Name(...)\n--\n\n", the
-# text after it from column 0, so that __doc__ is the twin's to the
-# character); tests/test_parity.py checks those against the __init__
-# below and against the twin.
+# text after it from column 0, as the twin's first line is);
+# tests/test_parity.py checks those against the __init__ below and
+# against the twin.
 #
 # Not declared freethreading_compatible: the fresh-hit path reads a
 # Dogpile's value and creation time without a lock, relying on the GIL to

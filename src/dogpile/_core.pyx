@@ -1,9 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=False, auto_pickle=False
+# cython: embedsignature=True, embedsignature.format=clinic
 #
 # auto_pickle=False: Cython's generated __setstate_cython__ indexes its
 # state tuple unchecked under boundscheck=False, so Lock().__setstate_cython__(())
 # read past the tuple (a crash); the classes that can be copied or pickled
 # say how with __reduce__, as the twin does.
+#
+# embedsignature in the clinic format: each method's docstring starts with
+# its signature in the form CPython reads for inspect.signature() and
+# help() and strips from __doc__ (which keeps the twin's text, its
+# indentation removed); a static string, nothing at run time.  Cython
+# leaves class docstrings alone, so each public class spells its
+# constructor's signature there the same way ("Name(...)\n--\n\n", the
+# text after it from column 0, as the twin's first line is);
+# tests/test_parity.py checks those against the __init__ below and
+# against the twin.
 #
 # Not declared freethreading_compatible: the fresh-hit path reads a
 # Dogpile's value and creation time without a lock, relying on the GIL to
@@ -358,7 +369,10 @@ cdef class _Options:
 
 
 cdef class Dogpile:
-    """A lock that lets one caller create a value while every other caller
+    """Dogpile(expiretime, init=False, lock=None, *, wait_timeout=None, background=None, early_refresh=None)
+--
+
+A lock that lets one caller create a value while every other caller
     keeps using the previous one.
 
     :param expiretime: seconds a created value stays fresh (int or float,
@@ -914,7 +928,10 @@ cdef class _Acquisition:
 
 
 cdef class SyncReaderDogpile(Dogpile):
-    """A Dogpile whose ``acquire()`` block also holds a read lock, so that a
+    """SyncReaderDogpile(expiretime, init=False, lock=None, **options)
+--
+
+A Dogpile whose ``acquire()`` block also holds a read lock, so that a
     writer (``acquire_write_lock()``) can exclude every reader while it
     changes the value in place."""
 
@@ -969,7 +986,10 @@ cdef class _WriteLock:
 
 @cython.freelist(16)
 cdef class Lock:
-    """The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
+    """Lock(mutex, creator, value_and_created_fn, expiretime, async_creator=None)
+--
+
+The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
 
     :param mutex: an object with ``acquire()``, ``acquire(False)`` and
         ``release()``.
@@ -1087,7 +1107,10 @@ cdef _release(object mutex):
 
 
 cdef class NameRegistry:
-    """Keeps one object per identifier for as long as anything references it.
+    """NameRegistry(creator)
+--
+
+Keeps one object per identifier for as long as anything references it.
 
     ``get(identifier, *args, **kw)`` returns that object, calling
     ``creator(identifier, *args, **kw)`` to make it when there is none; the
@@ -1154,7 +1177,10 @@ cdef class NameRegistry:
 
 
 cdef class ReadWriteMutex:
-    """A lock that many readers or one writer can hold.
+    """ReadWriteMutex()
+--
+
+A lock that many readers or one writer can hold.
 
     Writers are preferred: once a writer waits, new readers wait behind it,
     so a stream of readers cannot starve it.  A thread must not take a read
@@ -1163,6 +1189,11 @@ cdef class ReadWriteMutex:
 
     cdef dp_rwstate _state
     cdef object __weakref__
+
+    def __init__(self):
+        # Without one the type took and ignored any arguments; the twin's
+        # takes none.
+        pass
 
     def __reduce__(self):
         raise _not_copyable(self)

@@ -10,8 +10,9 @@
 # What it does, failing at the first thing that is wrong:
 #
 # 1. `python -m build --sdist` from the working tree; checks that the sdist
-#    holds _core.pyx, _native_lock.h, the tests, LICENSE and README.md and
-#    nothing generated (_core.c, a .so, a .pyd).
+#    holds _core.pyx, _native_lock.h, the tests, LICENSE, README.md and
+#    the docs/ pages it links to, and nothing generated (_core.c, a .so, a
+#    .pyd).
 # 2. The compiled wheel, built FROM THE SDIST with
 #    DOGPILE_REQUIRE_EXTENSIONS=1, repaired by `auditwheel repair` to a
 #    manylinux tag, installed into a new venv; the tests (taken from the
@@ -64,6 +65,11 @@ for f in src/dogpile/_core.pyx src/dogpile/_native_lock.h src/dogpile/_core.pyi 
     src/dogpile/py.typed tests/conftest.py LICENSE README.md pyproject.toml setup.py \
     build_backend/dogpile_build.py; do
     grep -qx "$f" "$work/sdist.txt" || fail "sdist lacks $f"
+done
+# The pages README.md links to, every one the tree has.
+for f in "$here"/docs/*.md; do
+    [ -e "$f" ] || fail "no docs/*.md in $here"
+    grep -qx "docs/$(basename "$f")" "$work/sdist.txt" || fail "sdist lacks docs/$(basename "$f")"
 done
 # Every module of the package as the working tree has it, subpackages included.
 (cd "$here/src" && find dogpile -name '*.py' -not -path '*/__pycache__/*' | sort) >"$work/modules.txt"

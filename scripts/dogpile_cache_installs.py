@@ -8,9 +8,8 @@ Two fresh virtual environments, one sequence of pip commands in each; after
 each command a child interpreter (warnings as errors) reports which
 ``dogpile/__init__.py`` is in effect, which Lock dogpile.cache's region uses
 and whether it runs a get_or_create_multi, and whether this project imports.
-Each state is checked against what the README's "Beside dogpile.cache"
-section says; any difference fails the script.  (``nox -s dogpile_cache``
-runs it.)
+Each state is checked against what docs/dogpile-cache.md says; any
+difference fails the script.  (``nox -s dogpile_cache`` runs it.)
 """
 
 import json
@@ -20,7 +19,7 @@ import sys
 import tempfile
 import venv
 
-# The README's one-line command, run in each state.
+# docs/dogpile-cache.md's one-line command, run in each state.
 WHICH = (
     "import dogpile, dogpile.cache.region as r; "
     "print(dogpile.__file__, getattr(dogpile, 'IMPLEMENTATION', 'dogpile.cache'), r.Lock)"

@@ -8,7 +8,7 @@
 #   bash scripts/newest_pythons.sh --shell    # a shell in the root, for a look
 #   bash scripts/newest_pythons.sh --bench 3.14 [-- compare.py options]
 #       instead of the suite: benchmarks/compare.py against that wheel,
-#       with dogpile.cache in a venv of the same interpreter (README, Speed)
+#       with dogpile.cache in a venv of the same interpreter (docs/speed.md)
 #
 # For each version, failing at the first thing that is wrong (a missing
 # interpreter is a failure, not a skip):

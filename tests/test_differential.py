@@ -11,7 +11,7 @@ sit hours away from now, and the expiry times are either far longer than
 a test run or zero.
 
 The budget is short in the unit suite; ``DOGPILE_HYPOTHESIS_EXAMPLES``
-sets hypothesis's max_examples for a longer run (see README, Development).
+sets hypothesis's max_examples for a longer run (see docs/development.md).
 """
 
 import math

@@ -202,9 +202,18 @@ def test_readme_states_the_supported_versions():
         readme = f.read()
     oldest, newest = _text(_supported()[0]), _text(_supported()[-1])
     assert f"Supported: CPython {oldest} to {newest}," in readme
-    # Every range the README states outside its measurements (the Speed
-    # section says where each number was taken) is the supported one.
-    claims = readme.split("\n## Speed\n")[0] + readme.split("\n## Speed\n")[1].split("\n## ", 1)[1]
+    # The pages the README links to (docs/), the measurements among them.
+    docs = os.path.join(os.path.dirname(_source_file("README.md")), "docs")
+    pages = {}
+    for name in sorted(os.listdir(docs)):
+        if name.endswith(".md"):
+            with open(os.path.join(docs, name), encoding="utf-8") as f:
+                pages[name] = f.read()
+    assert "speed.md" in pages, sorted(pages)
+    # Every range the README and docs/ state outside the measurements
+    # (docs/speed.md says where each number was taken) is the supported one.
+    claims = "\n".join([readme, *(text for name, text in pages.items() if name != "speed.md")])
     ranges = set(re.findall(r"CPython (3\.\d+) to (3\.\d+)", claims))
     assert ranges == {(oldest, newest)}, ranges
-    assert not re.search(r"CPython 3\.\d+ and (newer|later)", readme)
+    for text in [readme, *pages.values()]:
+        assert not re.search(r"CPython 3\.\d+ and (newer|later)", text)

@@ -11,7 +11,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import platform
 import signal
 import subprocess
 import sys

@@ -50,7 +50,8 @@ from ._errors import LockError, LockTimeout, NeedRegenerationException
 # The weakref callback of NameRegistry runs once per dead entry, never on a
 # lookup, and the others only build an error: one definition of each
 # serves both implementations.
-from ._core_py import _Forget, _not_copyable, _raised_again
+from ._registry_py import _Forget, _not_copyable
+from ._rules import raised_again as _raised_again
 
 __all__ = [
     "Dogpile",

@@ -26,8 +26,9 @@ The rules:
 - ``hands_off``: under the lock, does a background job create instead?
 - ``pair``: is a ``(value, createdtime)`` result well formed?
 - ``Attempt``: a creation, as the callers waiting for it see it: its
-  outcome, shared (the value, or a copy of the exception with the
-  creator's traceback) or abandoned (a waiter takes over and creates).
+  outcome, shared (the value, or the exception with the creator's
+  traceback: a copy in each thread, the one object in each task) or
+  abandoned (a waiter takes over and creates).
 - ``Counters``: the counts ``stats()`` reports.
 """
 
@@ -35,7 +36,7 @@ import copy
 import math
 from random import random as _random
 from time import time as _now
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import unpack_pair
 
@@ -93,7 +94,7 @@ def hands_off(stale: Any, background: Any) -> bool:
     return stale is not NO_VALUE and background is not None and background is not False
 
 
-def pair(result: Any, source: str) -> Any:
+def pair(result: Any, source: str) -> Tuple[Any, float]:
     """``result`` as a ``(value, createdtime)`` pair; the exact tuple with a
     float time passes straight through, anything else through _checks."""
     if type(result) is tuple and len(result) == 2:
@@ -162,9 +163,20 @@ class Attempt:
         return self.state == CREATED or self.state == FAILED
 
     def outcome(self) -> Any:
-        """The creator's value, or its exception raised again."""
+        """The creator's value, or a copy of its exception raised with the
+        creator's traceback (see raised_again): for threads."""
         if self.state == FAILED:
             raise raised_again(self.result, self.traceback)
+        return self.result
+
+    def outcome_in_task(self) -> Any:
+        """The creator's value, or its exception itself raised again with
+        the creator's traceback: for asyncio tasks, which share the one
+        exception object (what ``gather()`` reports for each).  Tasks run one
+        at a time, and each raise starts again from the creator's
+        traceback, so it stays bounded without a copy."""
+        if self.state == FAILED:
+            raise self.result.with_traceback(self.traceback)
         return self.result
 
 

@@ -12,8 +12,10 @@
 # interpreter therefore turns the GIL back on when it imports this module.
 """The dogpile lock, compiled.
 
-The twin of ``_core_py.py`` (the readable specification): same classes,
-signatures, docstrings and behaviour.  What is different is underneath: a
+The twin of ``_core_py.py`` (the readable specification, whose rules are
+in ``_rules.py`` and slow path in ``_threads.py``): same classes,
+signatures, docstrings and behaviour; the rules are mirrored here by hand,
+and tests/test_rules.py and the differential test hold them equal.  What is different is underneath: a
 fresh hit is a few C comparisons and one clock read, and the creation lock
 is a 64-bit word over the native mutex in ``_native_lock.h``, waited on
 with the GIL released.

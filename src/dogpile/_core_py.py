@@ -3,6 +3,11 @@
 This is the readable specification of the compiled core in ``_core.pyx``:
 same classes, same signatures, same docstrings, same behaviour.  Where the
 two differ, one of them has a bug.  ``import dogpile`` picks one of them.
+
+Here are the public classes and the fresh path; the rules they follow are
+in ``_rules`` (shared with ``dogpile.aio``), the waiting and creating (the
+slow path) in ``_threads``, NameRegistry and ReadWriteMutex in
+``_registry_py``.
 """
 
 import sys

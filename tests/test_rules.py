@@ -34,7 +34,7 @@ def _tree(name):
 
 RULE_NAMES = {
     "_is_expired", "is_expired", "_early_due", "early_due", "_done_by_another",
-    "done_by_another", "hands_off", "_pair", "pair",
+    "done_by_another", "hands_off", "has_stale", "_pair", "pair",
     "_Attempt", "Attempt", "_raised_again", "raised_again", "Counters",
 }
 
@@ -57,7 +57,7 @@ def test_no_other_python_module_defines_a_rule(module):
 
 
 def test_both_drivers_ask_the_same_rules():
-    for name in ("done_by_another", "hands_off", "pair", "Attempt"):
+    for name in ("done_by_another", "hands_off", "has_stale", "pair", "Attempt"):
         assert getattr(_threads, name) is getattr(_rules, name), name
         assert getattr(_aio_driver, name) is getattr(_rules, name), name
     assert _core_py.early_due is _aio_driver.early_due is _rules.early_due
@@ -187,6 +187,13 @@ def test_early_due():
     assert _rules.early_due(60.0, 60.0, 1.0, 1.0)  # at the expiry: always due
     # Far from the expiry, with a short creation: practically never.
     assert not any(_rules.early_due(1.0, 60.0, 0.001, 1.0) for _ in range(1000))
+
+
+def test_has_stale():
+    assert _rules.has_stale("old", time.time() - 3600)
+    assert _rules.has_stale(None, 1.0)  # None is a value
+    assert not _rules.has_stale(_rules.NO_VALUE, time.time())
+    assert not _rules.has_stale("old", -1.0)  # no creation time: no value
 
 
 def test_done_by_another():

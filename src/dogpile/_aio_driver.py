@@ -39,6 +39,7 @@ from ._rules import (
     done_by_another,
     early_due,
     hands_off,
+    has_stale,
     pair,
 )
 
@@ -222,7 +223,7 @@ async def create(
     if got is not True and got is not False:
         got = await got
     if not got:
-        if createdtime > 0 and value is not NO_VALUE:
+        if has_stale(value, createdtime):
             # A stale value exists: whoever holds the lock is already
             # creating, so serve the stale value rather than wait.
             state._stale += 1

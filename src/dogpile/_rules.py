@@ -21,6 +21,7 @@ which is what they are for.
 The rules:
 
 - ``is_expired``: is there a fresh value?
+- ``has_stale``: if not, is there a stale one to return instead of waiting?
 - ``early_due``: is an early refresh due (XFetch)?
 - ``done_by_another``: under the lock, did another caller create meanwhile?
 - ``hands_off``: under the lock, does a background job create instead?
@@ -69,6 +70,14 @@ def early_due(age: float, expiretime: float, delta: float, beta: float) -> bool:
     if delta <= 0 or expiretime == INF:
         return False
     return age - delta * beta * math.log(1.0 - _random()) >= expiretime
+
+
+def has_stale(value: Any, createdtime: float) -> bool:
+    """With no fresh value: is there a stale one?  Then a caller that finds
+    the lock taken returns it at once (whoever holds the lock is creating)
+    instead of waiting: the rule that makes this a dogpile lock.  Without
+    one, callers wait for the creation and share its outcome."""
+    return createdtime > 0 and value is not NO_VALUE
 
 
 def done_by_another(

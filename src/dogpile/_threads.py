@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from . import _rules
 from ._checks import check_callable, check_lock, not_initialised
 from ._errors import LockError, LockTimeout, NeedRegenerationException
-from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, is_expired, pair
+from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, has_stale, is_expired, pair
 
 _log = logging.getLogger("dogpile")
 
@@ -84,7 +84,7 @@ def create(
         raise not_initialised(d)
     mutex = mutex_now(d)
     prior = None
-    if createdtime > 0 and value is not NO_VALUE:
+    if has_stale(value, createdtime):
         # A stale value exists: whoever holds the lock is already
         # creating, so serve the stale value rather than wait.
         if not mutex.acquire(False):
@@ -367,7 +367,7 @@ def _release_when_done(future: Any, handoff: Handoff) -> None:
 def lock_create(lock: Any, value: Any, createdtime: float) -> Any:
     """``Lock``'s slow path: no fresh value was read."""
     mutex = lock.mutex
-    has_value = createdtime > 0 and value is not NO_VALUE
+    has_value = has_stale(value, createdtime)
     check_callable("creator", lock.creator)
     check_callable("async_creator", lock.async_creator, optional=True)
     # Not checked at construction: that would tax every fresh hit.

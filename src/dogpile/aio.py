@@ -46,6 +46,7 @@ from ._checks import (
 )
 from ._errors import NeedRegenerationException
 from ._rules import NO_VALUE as _NO_VALUE
+from ._rules import has_stale
 from ._rules import pair as _pair
 
 __all__ = ["AsyncDogpile", "AsyncLock"]
@@ -373,7 +374,7 @@ class AsyncLock:
 
     async def _create(self, value: Any, createdtime: float) -> Any:
         mutex = self.mutex
-        has_value = createdtime > 0 and value is not _NO_VALUE
+        has_value = has_stale(value, createdtime)
         check_callable("creator", self.creator)
         check_callable("async_creator", self.async_creator, optional=True)
         for method in ("acquire", "release"):

@@ -74,7 +74,8 @@ def test_the_rules_module_does_no_io_and_takes_no_lock():
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(("." * node.level) + (node.module or ""))
-    assert imported <= {"copy", "math", "random", "time", "typing", "._checks"}, imported
+    allowed = {"copy", "math", "random", "time", "typing", "._checks", "._errors"}
+    assert imported <= allowed, imported
 
 
 def test_module_and_class_sizes():
@@ -255,6 +256,13 @@ def test_a_thread_waiter_raises_a_copy_with_the_creators_traceback():
         frames.append(tb.tb_frame.f_code.co_name)
         tb = tb.tb_next
     assert "_failed" in frames
+
+
+def test_a_creator_waiting_for_its_own_value_is_refused():
+    attempt = _rules.Attempt(owner=42)
+    attempt.refuse_its_owner(43, "Dogpile")  # another caller may wait
+    with pytest.raises(dogpile.LockError, match=r"^Dogpile\.acquire\(\) called again from inside"):
+        attempt.refuse_its_owner(42, "Dogpile")
 
 
 def test_a_task_waiter_raises_the_one_exception():

@@ -26,7 +26,7 @@ from ._aio_locks import (
     _try_acquire_now,
 )
 from ._checks import expiretime_public
-from ._errors import LockError, LockTimeout, NeedRegenerationException
+from ._errors import LockTimeout, NeedRegenerationException
 from ._rules import (
     ABANDONED,
     CREATED,
@@ -240,11 +240,7 @@ async def wait(state: _State, mutex: Any) -> Optional[Attempt]:
     released again), or None with the lock held."""
     attempt = state.attempt
     if attempt is not None and attempt.state == PENDING:
-        if attempt.owner is asyncio.current_task():
-            raise LockError(
-                "AsyncDogpile.acquire() called again from inside its own creator: "
-                "waiting for the value would wait for this very call"
-            )
+        attempt.refuse_its_owner(asyncio.current_task(), "AsyncDogpile")
         first = attempt.serial
     else:
         first = state.serial + 1

@@ -40,6 +40,7 @@ from time import time as _now
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import unpack_pair
+from ._errors import LockError
 
 # No value yet (distinct from None, which is a value).
 NO_VALUE: Any = object()
@@ -140,6 +141,14 @@ class Attempt:
         self.traceback: Any = None
         # The attempt that took over when this one was abandoned.
         self.next: Optional[Attempt] = None
+
+    def refuse_its_owner(self, me: Any, who: str) -> None:
+        """A creator that asks for its own value would wait for itself."""
+        if self.owner == me:
+            raise LockError(
+                f"{who}.acquire() called again from inside its own creator: "
+                "waiting for the value would wait for this very call"
+            )
 
     def finish(self, state: int, result: Any) -> None:
         self.result = result

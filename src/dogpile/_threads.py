@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from . import _rules
 from ._checks import check_callable, check_lock, not_initialised
-from ._errors import LockError, LockTimeout, NeedRegenerationException
+from ._errors import LockTimeout, NeedRegenerationException
 from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, has_stale, is_expired, pair
 
 _log = logging.getLogger("dogpile")
@@ -96,11 +96,8 @@ def create(
             # Left by a thread of the parent process: it will never
             # finish here, and its owner's ident may be reused.
             attempt = None
-        if attempt is not None and attempt.owner == threading.get_ident():
-            raise LockError(
-                "Dogpile.acquire() called again from inside its own creator: "
-                "waiting for the value would wait for this very call"
-            )
+        if attempt is not None:
+            attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
         d._waited += 1
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("%r: no value, waiting for the creator", d)

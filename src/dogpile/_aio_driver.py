@@ -1,5 +1,6 @@
-"""The asyncio driver: what an AsyncDogpile holds (``_State``), and its
-slow path (no fresh value, an early refresh due, a background creation).
+"""The asyncio driver: what an AsyncDogpile holds (``_State``), the
+acquisition with value functions or early refresh, and the slow path (no
+fresh value, an early refresh due, a background creation).
 
 It takes locks, awaits them and calls creators; every decision it asks of
 ``_rules``, the same functions and attempt object the thread driver uses.
@@ -144,7 +145,7 @@ class _State(Counters):
         return self.lock
 
 
-# -- the slow path ------------------------------------------------------------
+# -- the acquisition with value functions, and the slow path --------------------
 
 
 async def enter(

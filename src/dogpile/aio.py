@@ -8,6 +8,10 @@ that can wait.  Creators and value functions may be plain functions or
 coroutine functions: whatever they return that is awaitable (a coroutine, a
 future, an object with ``__await__``) is awaited.
 
+Here are the public classes and their fresh hits; the rules they follow
+are ``dogpile._rules`` (the twin's too), the waiting and creating
+``_aio_driver``, the lock adapters ``_aio_locks``.
+
 The expiry rule of the fresh path is the core's ``_is_expired``: the
 compiled one when ``import dogpile`` chose it.  ``_build(core)`` makes the
 classes over either core, so that the tests run them over both.

@@ -24,7 +24,7 @@ import redis_server
 from conftest import DEADLINE
 
 import dogpile
-from dogpile import LockError, LockTimeout, NeedRegenerationException, aio
+from dogpile import LockError, LockTimeout, NeedRegenerationException, _aio_locks, aio
 from dogpile.mutexes import LeaseLost
 
 try:
@@ -1590,7 +1590,7 @@ def test_async_redis_mutex_cancelled_at_any_point_leaves_no_key(redis_url, redis
                 assert await task
             except asyncio.CancelledError:
                 # Its SET may still be on the wire: wait for the take-back.
-                await wait_until_async(lambda: not aio._cleanups, "the take-back")
+                await wait_until_async(lambda: not _aio_locks._cleanups, "the take-back")
             else:
                 await mutex.release()
             assert redis_client.exists(key) == 0

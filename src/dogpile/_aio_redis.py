@@ -8,7 +8,7 @@ same guarantees: a holder whose lease ran out never deletes or extends
 another holder's lock (``release()`` raises LeaseLost instead), and a
 failure or a cancellation leaves nothing locked: a release or a take-back
 cut off by a cancellation, or by ``asyncio.run()`` shutting its loop down,
-runs to its end before the loop closes (see aio._clean_up).  What
+runs to its end before the loop closes (see _aio_locks._clean_up).  What
 differs is asyncio's: waiting (the same BLPOP on the list a release pushes
 to, or the back-off before Redis 6) is awaited instead of blocking a
 thread, the lease is renewed by a task instead of a thread, and the tasks
@@ -27,14 +27,14 @@ import weakref
 from functools import partial
 from typing import Any, List, Optional, Union
 
-from ._errors import LockError
-from .aio import (
+from ._aio_locks import (
     _CLEANUP_RERUNS,
     _acquire_within,
     _check_loop_switch,
     _clean_up,
     _try_acquire_now,
 )
+from ._errors import LockError
 from .mutexes import (
     _ACQUIRE,
     _BACKOFF_CAP,
@@ -270,7 +270,7 @@ class AsyncRedisMutex(_RedisKey):
 
     def _take_back_later(self, command: "asyncio.Future[Any]", token: str) -> None:
         """A cancelled acquire() left ``command`` running: once it ends,
-        delete the key if it may have set it.  A clean-up (aio._clean_up):
+        delete the key if it may have set it.  A clean-up (_aio_locks._clean_up):
         the loop's shutdown neither stops nor forgets it."""
 
         async def take_back() -> None:

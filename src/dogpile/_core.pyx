@@ -23,8 +23,10 @@
 # interpreter therefore turns the GIL back on when it imports this module.
 """The dogpile lock, compiled.
 
-The twin of ``_core_py.py`` (the readable specification): same classes,
-signatures, docstrings and behaviour.  What is different is underneath: a
+The twin of ``_core_py.py`` (the readable specification, whose rules are
+in ``_rules.py`` and slow path in ``_threads.py``): same classes,
+signatures, docstrings and behaviour; the rules are mirrored here by hand,
+and tests/test_rules.py and the differential test hold them equal.  What is different is underneath: a
 fresh hit is a few C comparisons and one clock read, and the creation lock
 is a 64-bit word over the native mutex in ``_native_lock.h``, waited on
 with the GIL released.
@@ -61,7 +63,8 @@ from ._errors import LockError, LockTimeout, NeedRegenerationException
 # The weakref callback of NameRegistry runs once per dead entry, never on a
 # lookup, and the others only build an error: one definition of each
 # serves both implementations.
-from ._core_py import _Forget, _not_copyable, _raised_again
+from ._registry_py import _Forget, _not_copyable
+from ._rules import raised_again as _raised_again
 
 __all__ = [
     "Dogpile",

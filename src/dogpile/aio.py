@@ -8,6 +8,10 @@ that can wait.  Creators and value functions may be plain functions or
 coroutine functions: whatever they return that is awaitable (a coroutine, a
 future, an object with ``__await__``) is awaited.
 
+Here are the public classes and their fresh hits; the rules they follow
+are ``dogpile._rules`` (the twin's too), the waiting and creating
+``_aio_driver``, the lock adapters ``_aio_locks``.
+
 The expiry rule of the fresh path is the core's ``_is_expired``: the
 compiled one when ``import dogpile`` chose it.  ``_build(core)`` makes the
 classes over either core, so that the tests run them over both.
@@ -22,21 +26,19 @@ RuntimeError that says so.
 
 import asyncio
 import importlib
-import inspect
-import logging
-import math
-import os
 import sys
-import threading
 import types
-import weakref
-from functools import partial
-from random import random as _random
-from time import monotonic as _monotonic
 from time import time as _now
-from typing import Any, Callable, Dict, NamedTuple, Optional, Set, Tuple, Type
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Type
 
-from . import IMPLEMENTATION
+from . import IMPLEMENTATION, _aio_driver
+from ._aio_driver import _State
+
+# The lock adapters; _aio_redis reads the re-exported three from here.
+from ._aio_locks import _acquire, _check_async_lock, _is_awaitable, _kind, _release, _try_acquirer
+from ._aio_locks import _acquire_within as _acquire_within
+from ._aio_locks import _check_loop_switch as _check_loop_switch
+from ._aio_locks import _try_acquire_now as _try_acquire_now
 from ._checks import (
     check_acquire_args,
     check_callable,
@@ -44,365 +46,19 @@ from ._checks import (
     early_refresh_beta,
     expiretime_public,
     expiretime_seconds,
-    unpack_pair,
     wait_timeout_seconds,
 )
-from ._errors import LockError, LockTimeout, NeedRegenerationException
+from ._errors import NeedRegenerationException
+from ._rules import NO_VALUE as _NO_VALUE
+from ._rules import has_stale
+from ._rules import pair as _pair
 
 __all__ = ["AsyncDogpile", "AsyncLock"]
-
-_log = logging.getLogger("dogpile")
-
-# No value yet (distinct from None, which is a value).
-_NO_VALUE: Any = object()
-_INF = math.inf
 
 # The core that ``import dogpile`` chose (dogpile/__init__.py decides).
 _CHOSEN_CORE = importlib.import_module(
     "dogpile._core" if IMPLEMENTATION == "cython" else "dogpile._core_py"
 )
-
-
-# -- awaitables ----------------------------------------------------------------------------
-
-_COROUTINE = types.CoroutineType
-# Results that are never awaitable, so that a plain value function does not
-# pay for inspect.isawaitable's ABC check on every call.
-_PLAIN_TYPES = frozenset(
-    {tuple, list, dict, str, bytes, int, float, bool, type(None), set, frozenset}
-)
-
-
-def _is_awaitable(obj: Any) -> bool:
-    cls = obj.__class__
-    if cls is _COROUTINE:
-        return True
-    if cls in _PLAIN_TYPES:
-        return False
-    return inspect.isawaitable(obj)
-
-
-def _kind(obj: Any) -> str:
-    return type(obj).__name__
-
-
-def _not_awaitable(mutex: Any, method: str, result: Any) -> TypeError:
-    return TypeError(
-        f"{_kind(mutex)}.{method}() returned {_kind(result)!r}, not an awaitable: "
-        "an asyncio dogpile lock needs a lock whose acquire() is a coroutine, like "
-        "asyncio.Lock or dogpile.mutexes.AsyncRedisMutex (a threading lock would "
-        "block the event loop)"
-    )
-
-
-async def _acquire(mutex: Any) -> bool:
-    """``await mutex.acquire()``, refusing a lock that is not asynchronous."""
-    result = mutex.acquire()
-    if not _is_awaitable(result):
-        if result:  # a threading lock, now held: give it back first
-            mutex.release()
-        raise _not_awaitable(mutex, "acquire", result)
-    return bool(await result)
-
-
-# -- clean-up that outlives cancellation and the loop's shutdown -----------------------------
-#
-# A release, or the take-back of a key a cancelled acquire() may have set,
-# that is cut off halfway leaves a lock held for its whole lease.  Two
-# things cut them off: a caller that stops waiting (task.cancel(), a
-# timeout), and asyncio.run() ending, which cancels every task of its loop
-# once (a task cancelled before its first step never runs at all; tasks
-# started during that sweep are not cancelled, but nothing waits for them
-# either) and then closes the loop.  asyncio.shield() helps against the
-# first only: the shielded task is one of "every task".  So a clean-up is a
-# future of its own, registered here, that is not a task (the sweep cancels
-# tasks only) and is settled by the runs of its command:
-#
-# - a caller's cancellation leaves it running (the caller awaits it
-#   shielded);
-# - a run that is cancelled (the sweep) is followed by another, as a new
-#   task, when the command is idempotent (``reruns``): the cut-off run may
-#   or may not have reached the server, and a second compare-and-delete of
-#   the same token is harmless;
-# - the loop's shutdown waits for it: asyncio.run() closes the loop's async
-#   generators (loop.shutdown_asyncgens()) after the sweep and before it
-#   closes the loop, and while clean-ups are pending a guard generator is
-#   registered with the loop whose ``finally`` waits for them.
-
-_CLEANUP_RERUNS = 3
-# Per event loop, while any are pending: the clean-ups, and the guard.
-_cleanups: "weakref.WeakKeyDictionary[Any, Set[asyncio.Future[Any]]]" = (
-    weakref.WeakKeyDictionary()
-)
-_guards: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-
-
-def _clean_up(
-    make: Callable[[], Any], reruns: int = 0, what: Optional[str] = None
-) -> "asyncio.Future[Any]":
-    """Run ``await make()`` as a clean-up of the running loop (see above);
-    return the future of its outcome.  ``what``, if given, names it in the
-    warning logged when it fails (for a clean-up nobody awaits)."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    pending = _cleanups.get(loop)
-    if pending is None:
-        pending = _cleanups[loop] = set()
-        _guard(loop, pending)
-    pending.add(done)
-    done.add_done_callback(partial(_clean_up_done, loop, what))
-    _run(loop, make, reruns, done)
-    return done
-
-
-def _run(loop: Any, make: Callable[[], Any], reruns: int, done: "asyncio.Future[Any]") -> None:
-    task = loop.create_task(_await(make))
-    task.add_done_callback(partial(_ran, loop, make, reruns, done))
-
-
-async def _await(make: Callable[[], Any]) -> Any:
-    return await make()
-
-
-def _ran(
-    loop: Any,
-    make: Callable[[], Any],
-    reruns: int,
-    done: "asyncio.Future[Any]",
-    task: "asyncio.Task[Any]",
-) -> None:
-    if task.cancelled():
-        if done.done():
-            return
-        if reruns > 0 and not loop.is_closed():
-            _run(loop, make, reruns - 1, done)
-        else:
-            done.cancel()
-        return
-    exc = task.exception()  # retrieved, so asyncio does not log it again
-    if done.done():
-        return
-    if exc is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(task.result())
-
-
-def _clean_up_done(loop: Any, what: Optional[str], done: "asyncio.Future[Any]") -> None:
-    pending = _cleanups.get(loop)
-    if pending is not None:
-        pending.discard(done)
-        if not pending:
-            del _cleanups[loop]
-            guard = _guards.pop(loop, None)
-            if guard is not None:
-                _close_guard(guard)
-    if done.cancelled():
-        return
-    exc = done.exception()  # retrieved here, so asyncio does not log it
-    if exc is not None:
-        if what is not None:
-            _log.warning("%s failed", what, exc_info=exc)
-        else:
-            _log.debug("a clean-up failed: %r", exc)
-
-
-async def _shutdown_guard(pending: "Set[asyncio.Future[Any]]") -> Any:
-    try:
-        yield
-    finally:
-        # Closed by loop.shutdown_asyncgens(): wait for what is pending.
-        while pending:
-            await asyncio.wait(list(pending))
-
-
-def _guard(loop: Any, pending: "Set[asyncio.Future[Any]]") -> None:
-    if getattr(loop, "_asyncgens_shutdown_called", False):
-        return  # shutting down already: a new generator would not be closed
-    guard = _shutdown_guard(pending)
-    # The first step registers it with the running loop (its asyncgen
-    # firstiter hook), which will close it at shutdown.
-    _step(guard.__anext__())
-    _guards[loop] = guard
-
-
-def _close_guard(guard: Any) -> None:
-    # Nothing pending: its finally ends at once, without awaiting.
-    try:
-        _step(guard.aclose())
-    except RuntimeError:  # pragma: no cover - already running (closed by the loop)
-        pass
-
-
-def _step(coroutine: Any) -> None:
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return
-    coroutine.close()  # pragma: no cover - the guard never awaits here
-
-
-async def _release(mutex: Any) -> None:
-    result = mutex.release()
-    if result is not None and _is_awaitable(result):
-        # Shielded: a task cancelled again while it releases must not leave
-        # the lock held; the release runs to its end regardless, and the
-        # loop's shutdown waits for it.
-        await asyncio.shield(_clean_up(partial(_identity, result)))
-
-
-def _release_later(mutex: Any) -> None:
-    """Release from a callback, where nothing can be awaited."""
-    result = mutex.release()
-    if result is not None and _is_awaitable(result):
-        _clean_up(partial(_identity, result), what="a dogpile lock's release()")
-
-
-def _identity(awaitable: Any) -> Any:
-    return awaitable
-
-
-def _try_acquire_now(lock: Any) -> bool:
-    """Take an in-loop lock (asyncio.Lock, asyncio.Semaphore) if that needs no
-    wait; never wait.
-
-    ``locked()`` alone is not enough: an asyncio.Lock that was just released
-    to a waiter that has not run yet reads as unlocked, and acquire() queues
-    behind that waiter.  So the acquire() coroutine is started here; if it
-    finishes without suspending the lock is ours, and if it would suspend,
-    closing it takes it off the lock's queue (its ``finally``) as if it had
-    never asked."""
-    if lock.locked():
-        return False
-    coroutine = lock.acquire()
-    try:
-        coroutine.send(None)
-    except StopIteration:
-        return True
-    coroutine.close()
-    return False
-
-
-async def _try_acquire_nonblocking(lock: Any) -> bool:
-    """A lock whose acquire() takes ``blocking`` (AsyncRedisMutex)."""
-    result = lock.acquire(False)
-    if not _is_awaitable(result):
-        if result:
-            lock.release()
-        raise _not_awaitable(lock, "acquire", result)
-    return bool(await result)
-
-
-async def _try_acquire_if_free(lock: Any) -> bool:
-    """Any other lock: acquire() only when locked() says it is free.  Such a
-    lock may still make this caller wait briefly, if another caller takes it
-    between the two calls; there is no way to ask it not to."""
-    locked = lock.locked()
-    if _is_awaitable(locked):
-        locked = await locked
-    if locked:
-        return False
-    return await _acquire(lock)
-
-
-def _takes_blocking(acquire: Any) -> bool:
-    try:
-        parameters = inspect.signature(acquire).parameters
-    except (TypeError, ValueError):  # no signature to read
-        return False
-    return "blocking" in parameters
-
-
-def _try_acquirer(lock: Any) -> Callable[[Any], Any]:
-    """How to take ``lock`` without waiting for it: a function that returns
-    a bool, or an awaitable of one."""
-    if isinstance(lock, (asyncio.Lock, asyncio.Semaphore)):
-        return _try_acquire_now
-    if _takes_blocking(lock.acquire):
-        return _try_acquire_nonblocking
-    return _try_acquire_if_free
-
-
-def _check_async_lock(lock: Any, what: str = "lock") -> None:
-    from . import mutexes  # not at import time: mutexes re-exports AsyncRedisMutex
-
-    sync = (type(threading.Lock()), type(threading.RLock()), threading.Semaphore)
-    if isinstance(lock, sync) or isinstance(lock, (mutexes.FileMutex, mutexes.RedisMutex)):
-        raise TypeError(
-            f"{what} must be an asyncio lock (acquire() a coroutine), like asyncio.Lock "
-            f"or dogpile.mutexes.AsyncRedisMutex; {_kind(lock)!r} is a threading lock, "
-            "whose acquire() would block the event loop"
-        )
-    for method in ("acquire", "release", "locked"):
-        if not callable(getattr(lock, method, None)):
-            raise TypeError(
-                f"{what} must have acquire() (a coroutine), release() and locked() "
-                f"methods, like asyncio.Lock; {_kind(lock)!r} has no {method}()"
-            )
-
-
-async def _acquire_within(mutex: Any, timeout: float) -> bool:
-    """Acquire ``mutex`` within ``timeout`` seconds; False when it was not.
-
-    Not asyncio.wait_for: before 3.12 it could cancel an acquire() that had
-    just succeeded and lose the lock.  Here the acquire() runs as a task of
-    its own that is never cancelled after it has succeeded: one that
-    succeeds after this caller has given up releases what it took."""
-    task = asyncio.ensure_future(_acquire(mutex))
-    try:
-        done, _ = await asyncio.wait((task,), timeout=timeout)
-    except BaseException:  # this caller was cancelled while it waited
-        _abandon(task, mutex)
-        raise
-    if done:
-        return task.result()
-    _abandon(task, mutex)
-    return False
-
-
-def _abandon(task: "asyncio.Future[bool]", mutex: Any) -> None:
-    if task.done():
-        _release_if_taken(mutex, task)
-    else:
-        task.cancel()
-        task.add_done_callback(partial(_release_if_taken, mutex))
-
-
-def _release_if_taken(mutex: Any, task: "asyncio.Future[bool]") -> None:
-    if task.cancelled():
-        return
-    if task.exception() is not None:
-        _log.debug("an abandoned acquire() failed: %r", task.exception())
-        return
-    if task.result():
-        _release_later(mutex)
-
-
-def _check_loop_switch(old_loop: Any, lock: Any, owner: Any, pid: int) -> None:
-    """May ``owner`` drop its lock of ``old_loop`` (made in process ``pid``)
-    for the running loop?"""
-    if old_loop is None or old_loop.is_closed():
-        return  # that loop's tasks will never run again
-    if pid != os.getpid():
-        # A child forked while that loop ran: the copy still reads as
-        # running (and its lock as held), but no task of it runs here.
-        return
-    if old_loop.is_running() or lock.locked():
-        raise RuntimeError(
-            f"{owner!r} is in use by another event loop that is still open "
-            f"({old_loop!r}); it serves one event loop at a time: close that loop "
-            "first, or give each event loop its own"
-        )
-
-
-def _pair(result: Any, source: str) -> Tuple[Any, float]:
-    """``result`` as a ``(value, createdtime)`` pair; the exact tuple with a
-    float time passes straight through, anything else through _checks."""
-    if type(result) is tuple and len(result) == 2:
-        createdtime = result[1]
-        if type(createdtime) is float and createdtime == createdtime:  # not nan
-            return result
-    return unpack_pair(result, source)
 
 
 def _background_flag(background: Any) -> bool:
@@ -414,457 +70,6 @@ def _background_flag(background: Any) -> bool:
         "background must be True or False for an AsyncDogpile (the creation runs as "
         f"a task of the running event loop), not {_kind(background)!r}"
     )
-
-
-# -- one creation, as seen by the tasks waiting for it -------------------------------------
-
-_PENDING, _CREATED, _FAILED, _ABANDONED = range(4)
-
-
-class _Attempt:
-    __slots__ = ("owner", "serial", "state", "result", "traceback")
-
-    def __init__(self, owner: Any, serial: int) -> None:
-        self.owner = owner
-        self.serial = serial
-        self.state = _PENDING
-        self.result: Any = None
-        self.traceback: Any = None
-
-    def finish(self, state: int, result: Any) -> None:
-        self.result = result
-        self.state = state
-        if state == _FAILED:
-            self.traceback = result.__traceback__
-
-    def outcome(self) -> Any:
-        """The creator's value, or its exception raised again."""
-        if self.state == _FAILED:
-            # The creator's traceback each time: raising one exception
-            # object in a thousand tasks would otherwise grow its traceback
-            # by every task's frames.
-            raise self.result.with_traceback(self.traceback)
-        return self.result
-
-
-# -- AsyncDogpile --------------------------------------------------------------------------
-
-
-class _State:
-    """Everything an AsyncDogpile holds.  Kept apart from the AsyncDogpile
-    so that its cached acquisition (which refers to this, not to the
-    AsyncDogpile) makes no reference cycle: an AsyncDogpile dies with its
-    last reference."""
-
-    __slots__ = (
-        "expired",
-        "createdtime",
-        "expiretime",
-        "value",
-        "lock",
-        "custom_lock",
-        "lock_loop",
-        "lock_pid",
-        "try_acquire",
-        "attempt",
-        "serial",
-        "waiting",
-        "wait_timeout",
-        "background",
-        "tasks",
-        "beta",
-        "delta",
-        "fresh",
-        "stale",
-        "created",
-        "waited",
-        "failed",
-        "early",
-        "timeouts",
-        "name",
-        "ready",
-    )
-
-    def __init__(self, expired: Callable[[float, float], bool], name: str) -> None:
-        self.expired = expired
-        self.name = name
-        self.createdtime = -1.0
-        self.expiretime = _INF
-        self.value: Any = None
-        # Up to Python 3.11, a done asyncio.Future whose result is
-        # ``value`` (or None): what a fresh hit returns (_ReadyAcquisition).
-        self.ready: Optional[asyncio.Future[Any]] = None
-        self.lock: Any = None
-        self.custom_lock = False
-        self.lock_loop: Any = None  # weak reference to the default lock's loop
-        self.lock_pid = 0  # the process that made it (see _check_loop_switch)
-        self.try_acquire: Callable[[Any], Any] = _try_acquire_now
-        self.attempt: Optional[_Attempt] = None
-        self.serial = 0
-        self.waiting = 0
-        self.wait_timeout: Optional[float] = None
-        self.background = False
-        self.tasks: Set[asyncio.Task[Any]] = set()
-        self.beta = 0.0
-        self.delta = 0.0
-        self.fresh = self.stale = self.created = self.waited = 0
-        self.failed = self.early = self.timeouts = 0
-
-    def __repr__(self) -> str:
-        expiretime = expiretime_public(self.expiretime)
-        return f"<{self.name} expiretime={expiretime!r} createdtime={self.createdtime!r}>"
-
-    # -- the lock --------------------------------------------------------------------------
-
-    def mutex(self) -> Any:
-        if self.custom_lock:
-            return self.lock
-        loop = asyncio.get_running_loop()
-        ref = self.lock_loop
-        if ref is not None and ref() is loop:
-            return self.lock
-        return self.new_loop(loop)
-
-    def busy(self) -> bool:
-        """Is the lock held now?  Asked only of an in-loop lock, which
-        answers at once; False means "try it" (see create(), which also
-        makes the default lock anew for a new event loop)."""
-        if self.try_acquire is not _try_acquire_now:
-            return False
-        if not self.custom_lock:
-            ref = self.lock_loop
-            if ref is None or ref() is not asyncio.get_running_loop():
-                return False
-        return bool(self.lock.locked())
-
-    def new_loop(self, loop: asyncio.AbstractEventLoop) -> Any:
-        old = self.lock_loop() if self.lock_loop is not None else None
-        if self.lock is not None:
-            _check_loop_switch(old, self.lock, self, self.lock_pid)
-        if old is not None:
-            _log.debug("%r: a new lock for event loop %r", self, loop)
-        # Made inside the running loop: Python 3.9's asyncio.Lock binds to
-        # the loop it is made in.
-        self.lock = asyncio.Lock()
-        self.lock_loop = weakref.ref(loop)
-        self.lock_pid = os.getpid()
-        # What belonged to the closed loop: its tasks will never finish.
-        attempt = self.attempt
-        if attempt is not None and attempt.state == _PENDING:
-            attempt.finish(_ABANDONED, None)
-        self.attempt = None
-        self.waiting = 0
-        self.tasks.clear()
-        self.ready = None  # let the old loop go
-        return self.lock
-
-    # -- the algorithm ---------------------------------------------------------------------
-
-    async def enter(
-        self,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-    ) -> Any:
-        """The whole acquisition, for value functions and early refresh
-        (the plain fresh hit is _PlainAcquisition.__aenter__)."""
-        if value_and_created_fn is not None:
-            try:
-                result = value_and_created_fn()
-                if _is_awaitable(result):
-                    result = await result
-                value, createdtime = _pair(result, "value_and_created_fn")
-            except NeedRegenerationException:
-                value, createdtime = _NO_VALUE, -1.0
-            self.createdtime = createdtime
-        elif value_fn is not None:
-            # The time before the value: a value newer than its time is
-            # harmless, the reverse is not.
-            createdtime = self.createdtime
-            try:
-                value = value_fn()
-                if _is_awaitable(value):
-                    value = await value
-            except NeedRegenerationException:
-                # Not stored: a creation may have finished while value_fn
-                # ran, and its time must stand (the check under the lock
-                # asks value_fn again).
-                value, createdtime = _NO_VALUE, -1.0
-        else:
-            createdtime = self.createdtime
-            value = self.value
-        if not self.expired(createdtime, self.expiretime):
-            if self.beta and self.early_due(createdtime):
-                return await self.refresh_early(
-                    creator, value_fn, value_and_created_fn, value, createdtime
-                )
-            self.fresh += 1
-            return value
-        return await self.create(creator, value_fn, value_and_created_fn, value, createdtime)
-
-    async def enter_plain(self, creator: Callable[[], Any]) -> Any:
-        """``acquire(creator)`` when _ReadyAcquisition has no ready value:
-        a fresh hit makes one for the next."""
-        createdtime = self.createdtime
-        value = self.value
-        if not self.expired(createdtime, self.expiretime):
-            future = asyncio.get_running_loop().create_future()
-            future.set_result(value)
-            self.ready = future
-            self.fresh += 1
-            return value
-        if createdtime > 0 and self.busy():
-            # The stale fall-through, one coroutine short of create().
-            self.stale += 1
-            return value
-        return await self.create(creator, None, None, value, createdtime)
-
-    def early_due(self, createdtime: float) -> bool:
-        # XFetch: refresh when now - delta * beta * ln(U) >= created + expiry,
-        # U uniform in (0, 1]; delta is how long the last creation took.
-        delta = self.delta
-        expiretime = self.expiretime
-        if delta <= 0 or expiretime == _INF:
-            return False
-        age = _now() - createdtime
-        return age - delta * self.beta * math.log(1.0 - _random()) >= expiretime
-
-    async def create(
-        self,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-        value: Any,
-        createdtime: float,
-    ) -> Any:
-        mutex = self.mutex()
-        got = self.try_acquire(mutex)
-        if got is not True and got is not False:
-            got = await got
-        if not got:
-            if createdtime > 0 and value is not _NO_VALUE:
-                # A stale value exists: whoever holds the lock is already
-                # creating, so serve the stale value rather than wait.
-                self.stale += 1
-                return value
-            shared = await self.wait(mutex)
-            if shared is not None:
-                return shared.outcome()
-        return await self.locked(mutex, creator, value_fn, value_and_created_fn, value, None)
-
-    async def wait(self, mutex: Any) -> Optional[_Attempt]:
-        """No value, and another task creates: wait for the lock.  Return
-        the finished creation whose outcome this task shares (the lock
-        released again), or None with the lock held."""
-        attempt = self.attempt
-        if attempt is not None and attempt.state == _PENDING:
-            if attempt.owner is asyncio.current_task():
-                raise LockError(
-                    "AsyncDogpile.acquire() called again from inside its own creator: "
-                    "waiting for the value would wait for this very call"
-                )
-            first = attempt.serial
-        else:
-            first = self.serial + 1
-        self.waited += 1
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("%r: no value, waiting for the creator", self)
-        self.waiting += 1
-        try:
-            timeout = self.wait_timeout
-            if timeout is None:
-                got = await _acquire(mutex)
-            else:
-                got = await _acquire_within(mutex, timeout)
-        finally:
-            self.waiting -= 1
-            last = self.attempt
-            if self.waiting <= 0 and last is not None and last.state != _PENDING:
-                self.attempt = None  # nobody else waits for it: drop its value
-        if not got:
-            self.timeouts += 1
-            raise LockTimeout(
-                f"no value after waiting {timeout} s (wait_timeout) for another task's creator"
-            )
-        if last is not None and last.serial >= first and last.state in (_CREATED, _FAILED):
-            # The creation this task waited for is over: share its outcome
-            # rather than run the creator again for each waiter.  A creation
-            # that was cancelled is no outcome: this task goes on to create.
-            await _release(mutex)
-            return last
-        return None
-
-    async def refresh_early(
-        self,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-        value: Any,
-        createdtime: float,
-    ) -> Any:
-        mutex = self.mutex()
-        got = self.try_acquire(mutex)
-        if got is not True and got is not False:
-            got = await got
-        if not got:
-            self.fresh += 1
-            return value
-        self.early += 1
-        return await self.locked(mutex, creator, value_fn, value_and_created_fn, value, createdtime)
-
-    def done_by_another(self, createdtime: float, seen: Optional[float]) -> bool:
-        """Under the lock: does the value no longer need creating?"""
-        if self.expired(createdtime, self.expiretime):
-            return False
-        return seen is None or createdtime != seen
-
-    async def locked(
-        self,
-        mutex: Any,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-        value: Any,
-        seen: Optional[float],
-    ) -> Any:
-        """Holding the lock: create unless someone else just did.  ``value``
-        is what this task saw before it took the lock; ``seen`` is the
-        creation time an early refresh saw, None otherwise."""
-        handed_off = False
-        try:
-            # Logged here, inside the try that releases the lock.
-            if seen is not None and _log.isEnabledFor(logging.DEBUG):
-                _log.debug("%r: refreshing early", self)
-            if value_and_created_fn is not None:
-                try:
-                    result = value_and_created_fn()
-                    if _is_awaitable(result):
-                        result = await result
-                    value, createdtime = _pair(result, "value_and_created_fn")
-                except NeedRegenerationException:
-                    value, createdtime = _NO_VALUE, -1.0
-                self.createdtime = createdtime
-                if value is not _NO_VALUE and self.done_by_another(createdtime, seen):
-                    return value
-                stale = value if createdtime > 0 else _NO_VALUE
-            elif value_fn is not None:
-                if self.done_by_another(self.createdtime, seen):
-                    try:
-                        value = value_fn()
-                        if _is_awaitable(value):
-                            value = await value
-                        return value
-                    except NeedRegenerationException:
-                        value = _NO_VALUE
-                stale = value
-            else:
-                if self.done_by_another(self.createdtime, seen):
-                    return self.value
-                stale = self.value if self.createdtime > 0 else _NO_VALUE
-            if stale is not _NO_VALUE and self.background:
-                self.start_background(mutex, creator, value_fn, value_and_created_fn)
-                handed_off = True
-                if seen is None:
-                    self.stale += 1
-                return stale
-            return await self.run_creator(creator, value_fn, value_and_created_fn)
-        finally:
-            if not handed_off:
-                await _release(mutex)
-
-    async def run_creator(
-        self,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-    ) -> Any:
-        self.serial += 1
-        attempt = _Attempt(asyncio.current_task(), self.serial)
-        started = _monotonic()
-        debug = False
-        try:
-            # In the try, so that the finally settles the attempt whatever
-            # happens from here on (even in the logging).
-            self.attempt = attempt
-            self.created += 1
-            debug = _log.isEnabledFor(logging.DEBUG)
-            if debug:
-                _log.debug("%r: calling the creator", self)
-            result = creator()
-            if _is_awaitable(result):
-                result = await result
-            if value_and_created_fn is not None:
-                value, self.createdtime = _pair(result, "creator")
-            else:
-                value = result
-                if value_fn is None:
-                    self.value = value
-                    self.ready = None
-                self.createdtime = _now()
-        except Exception as exc:
-            self.failed += 1
-            attempt.finish(_FAILED, exc)
-            if debug:
-                _log.debug("%r: the creator failed: %r", self, exc)
-            raise
-        except BaseException:
-            # Cancelled (or interrupted): no outcome to share; the tasks
-            # that waited go on, and one of them creates.
-            attempt.finish(_ABANDONED, None)
-            if debug:
-                _log.debug("%r: the creator was cancelled", self)
-            raise
-        else:
-            attempt.finish(_CREATED, value)
-            return value
-        finally:
-            self.delta = _monotonic() - started
-            if self.waiting <= 0 and self.attempt is attempt:
-                self.attempt = None  # nobody waits for it: drop its value
-
-    def start_background(
-        self,
-        mutex: Any,
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-    ) -> None:
-        started = [False]
-        task = asyncio.ensure_future(
-            self.create_in_background(mutex, started, creator, value_fn, value_and_created_fn)
-        )
-        # The event loop keeps only weak references to its tasks.
-        self.tasks.add(task)
-        task.add_done_callback(partial(self.background_done, mutex, started))
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("%r: creating in the background", self)
-
-    async def create_in_background(
-        self,
-        mutex: Any,
-        started: "list[bool]",
-        creator: Callable[[], Any],
-        value_fn: Optional[Callable[[], Any]],
-        value_and_created_fn: Optional[Callable[[], Any]],
-    ) -> None:
-        started[0] = True
-        try:
-            await self.run_creator(creator, value_fn, value_and_created_fn)
-        except Exception:
-            # Nobody awaits a background creation, so its failure would go
-            # unseen; the next task to find the value expired tries again.
-            _log.warning("%r: background creation failed", self, exc_info=True)
-        finally:
-            await _release(mutex)
-
-    def background_done(self, mutex: Any, started: "list[bool]", task: "asyncio.Task[Any]") -> None:
-        self.tasks.discard(task)
-        if not started[0]:
-            # Cancelled before it ran (the loop shutting down): its finally
-            # never ran either.
-            _release_later(mutex)
-        elif not task.cancelled() and task.exception() is not None:
-            _log.warning("%r: background creation failed", self, exc_info=task.exception())
 
 
 class _Acquisition:
@@ -886,7 +91,9 @@ class _Acquisition:
         self._value_and_created_fn = value_and_created_fn
 
     async def __aenter__(self) -> Any:
-        return await self._state.enter(self._creator, self._value_fn, self._value_and_created_fn)
+        return await _aio_driver.enter(
+            self._state, self._creator, self._value_fn, self._value_and_created_fn
+        )
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         pass
@@ -903,13 +110,13 @@ class _PlainAcquisition(_Acquisition):
         createdtime = state.createdtime
         value = state.value
         if not state.expired(createdtime, state.expiretime):
-            state.fresh += 1
+            state._fresh += 1
             return value
         if createdtime > 0 and state.busy():
             # The stale fall-through, one coroutine short of create().
-            state.stale += 1
+            state._stale += 1
             return value
-        return await state.create(self._creator, None, None, value, createdtime)
+        return await _aio_driver.create(state, self._creator, None, None, value, createdtime)
 
 
 class _ReadyAcquisition(_Acquisition):
@@ -933,9 +140,9 @@ class _ReadyAcquisition(_Acquisition):
         state = self._state
         ready = state.ready
         if ready is not None and not state.expired(state.createdtime, state.expiretime):
-            state.fresh += 1
+            state._fresh += 1
             return ready
-        return state.enter_plain(self._creator)
+        return _aio_driver.enter_plain(state, self._creator)
 
 
 _Plain: Type[_Acquisition] = _ReadyAcquisition if sys.version_info < (3, 12) else _PlainAcquisition
@@ -1031,16 +238,7 @@ class AsyncDogpile:
         ``created`` (creator calls), ``waited`` (tasks that waited for a
         first value), ``failed`` (creator exceptions), ``early`` refreshes
         and wait ``timeouts``."""
-        s = self._state
-        return {
-            "fresh": s.fresh,
-            "stale": s.stale,
-            "created": s.created,
-            "waited": s.waited,
-            "failed": s.failed,
-            "early": s.early,
-            "timeouts": s.timeouts,
-        }
+        return self._state._counts()
 
     def acquire(
         self,
@@ -1180,7 +378,7 @@ class AsyncLock:
 
     async def _create(self, value: Any, createdtime: float) -> Any:
         mutex = self.mutex
-        has_value = createdtime > 0 and value is not _NO_VALUE
+        has_value = has_stale(value, createdtime)
         check_callable("creator", self.creator)
         check_callable("async_creator", self.async_creator, optional=True)
         for method in ("acquire", "release"):

@@ -414,7 +414,7 @@ class FileMutex(_MutexBase):
         if deadline is None and not _cooperative():
             _wait_lock_file(fd)
             return fd
-        if _FileWaiter is not None and not _cooperative():
+        if deadline is not None and _FileWaiter is not None and not _cooperative():
             return self._wait_within(fd, deadline)
         # flock has no timeout, and under gevent or eventlet must not block
         # the OS thread: poll (time.sleep is then the hub's).

@@ -1,0 +1,417 @@
+"""The thread driver of the Python twin: the slow path of ``Dogpile`` (no
+fresh value, or an early refresh due) and of ``Lock``.
+
+It takes locks, waits for them and calls creators; every decision it asks
+of ``_rules``.  The fresh path stays in ``_core_py`` itself, where a fresh
+hit makes no call beyond the clock.  The functions take the Dogpile ``d``
+and read and write its slots: they are its methods in all but placement.
+"""
+
+import _thread
+import logging
+import os
+import threading
+from time import monotonic as _monotonic
+from time import time as _now
+from typing import Any, Callable, Optional
+
+from . import _rules
+from ._checks import check_callable, check_lock, not_initialised
+from ._errors import LockTimeout, NeedRegenerationException
+from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, has_stale, is_expired, pair
+
+_log = logging.getLogger("dogpile")
+
+# A forked child has one thread; a lock held by any other thread of the
+# parent would never be released there.  Each Dogpile remembers the fork
+# generation its default lock was made in and makes a new one when the
+# generation has moved on (see mutex_now).
+fork_generation = 0
+_fork_guard = threading.Lock()
+# gevent's and eventlet's monkey-patching replace _thread.allocate_lock, and
+# with it every lock threading makes from then on.  A lock made before (a
+# Dogpile built at import, before a gunicorn gevent worker patches) blocks
+# the whole OS thread, and every greenlet with it, so a change here also
+# starts a new generation: the next caller to need the lock makes a new,
+# patched one.  (The compiled core, whose lock is a word and not an object,
+# decides at wait time instead; see _core.pyx.)
+_lock_factory = _thread.allocate_lock
+
+
+def _after_fork_in_child() -> None:
+    global fork_generation, _fork_guard
+    fork_generation += 1
+    _fork_guard = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def mutex_now(d: Any) -> Any:
+    global fork_generation, _lock_factory
+    if d._custom_lock or (
+        d._lock_generation == fork_generation and _thread.allocate_lock is _lock_factory
+    ):
+        return d._lock
+    with _fork_guard:
+        if _thread.allocate_lock is not _lock_factory:
+            _lock_factory = _thread.allocate_lock
+            fork_generation += 1
+        if d._lock_generation != fork_generation:
+            d._lock = threading.Lock()
+            d._lock_generation = fork_generation
+        return d._lock
+
+
+def _wait_for(d: Any, mutex: Any) -> bool:
+    timeout = d._wait_timeout
+    if timeout is None:
+        mutex.acquire()
+        return True
+    return bool(mutex.acquire(True, timeout=timeout))
+
+
+def create(
+    d: Any,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+    createdtime: float,
+) -> Any:
+    if d._expiretime != d._expiretime:  # nan: __init__ never ran
+        raise not_initialised(d)
+    mutex = mutex_now(d)
+    prior = None
+    if has_stale(value, createdtime):
+        # A stale value exists: whoever holds the lock is already
+        # creating, so serve the stale value rather than wait.
+        if not mutex.acquire(False):
+            d._stale += 1
+            return value
+    elif not mutex.acquire(False):
+        attempt = d._attempt
+        if attempt is not None and attempt.generation != fork_generation:
+            # Left by a thread of the parent process: it will never
+            # finish here, and its owner's ident may be reused.
+            attempt = None
+        if attempt is not None:
+            attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
+        d._waited += 1
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%r: no value, waiting for the creator", d)
+        if not _wait_for(d, mutex):
+            d._timeouts += 1
+            raise LockTimeout(
+                f"no value after waiting {d._wait_timeout} s (wait_timeout) "
+                "for another caller's creator"
+            )
+        if attempt is not None:
+            prior = attempt.last()
+            if prior.has_outcome():
+                # The creation we waited for is over: share its outcome
+                # rather than run the creator again for each waiter.
+                mutex.release()
+                return prior.outcome()
+            # Abandoned (its creator raised KeyboardInterrupt, say):
+            # this caller creates, and the others waiting for the same
+            # attempt share this one's outcome through prior.next.
+    return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None, prior)
+
+
+def refresh_early(
+    d: Any,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+    createdtime: float,
+) -> Any:
+    mutex = mutex_now(d)
+    if not mutex.acquire(False):
+        d._fresh += 1
+        return value
+    d._early += 1
+    return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, createdtime)
+
+
+def _locked(
+    d: Any,
+    mutex: Any,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+    seen: Optional[float],
+    prior: Optional[Attempt] = None,
+) -> Any:
+    """Holding the lock: create unless someone else just did.  ``seen``
+    is the creation time an early refresh saw, None otherwise (see
+    _rules.done_by_another).  ``prior`` is an abandoned attempt whose
+    waiters this one serves."""
+    handed_off = False
+    attempt = None
+    try:
+        # Published before the value is read again, so that a caller
+        # arriving meanwhile waits for this attempt and shares its
+        # outcome instead of running the creator once more after it.
+        # (Here a thread switch between taking the lock and this line
+        # can still let a caller wait without it; it then reads the
+        # value again itself.  The compiled core runs no Python code in
+        # between.)
+        attempt = d._attempt = Attempt(threading.get_ident(), fork_generation)
+        if prior is not None:
+            prior.next = attempt
+        if seen is not None and _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%r: refreshing early", d)
+        expiretime = d._expiretime
+        if value_and_created_fn is not None:
+            try:
+                value, createdtime = pair(value_and_created_fn(), "value_and_created_fn")
+            except NeedRegenerationException:
+                value, createdtime = NO_VALUE, -1.0
+            d._createdtime = createdtime
+            if value is not NO_VALUE and done_by_another(createdtime, seen, expiretime):
+                return attempt.share(value)
+            stale = value if createdtime > 0 else NO_VALUE
+        elif value_fn is not None:
+            if done_by_another(d._createdtime, seen, expiretime):
+                try:
+                    return attempt.share(value_fn())
+                except NeedRegenerationException:
+                    value = NO_VALUE
+            stale = value
+        else:
+            if done_by_another(d._createdtime, seen, expiretime):
+                return attempt.share(d._value)
+            stale = d._value if d._createdtime > 0 else NO_VALUE
+        if d._retry_here:
+            # The last background job never ran: create here, once.
+            d._retry_here = False
+        elif hands_off(stale, d._background):
+            handoff = Handoff(mutex.release, d)
+            try:
+                future = d._background.submit(
+                    _create_in_background, d, handoff, creator, value_fn, value_and_created_fn
+                )
+            except RuntimeError:
+                # Shut down: create here instead, and make sure a job
+                # that got queued anyway never runs without the lock.
+                handoff.cancel()
+                _log.debug("%r: background executor refused the job", d)
+            except BaseException:
+                # Maybe queued before the failure: whichever of this and
+                # the job comes first releases, once.
+                handed_off = True
+                handoff.release()
+                raise
+            else:
+                handed_off = True
+                _release_when_done(future, handoff)
+                if seen is None:
+                    d._stale += 1
+                return stale
+        return _run_creator(d, attempt, creator, value_fn, value_and_created_fn)
+    finally:
+        if attempt is not None:
+            _settle(d, attempt)
+        if not handed_off:
+            mutex.release()
+
+
+def _settle(d: Any, attempt: Attempt) -> None:
+    attempt.settle()
+    if d._attempt is attempt:
+        d._attempt = None
+
+
+def _run_creator(
+    d: Any,
+    attempt: Attempt,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+) -> Any:
+    started = _monotonic()
+    debug = False
+    try:
+        d._created += 1
+        debug = _log.isEnabledFor(logging.DEBUG)
+        if debug:
+            _log.debug("%r: calling the creator", d)
+        result = creator()
+        if value_and_created_fn is not None:
+            value, d._createdtime = pair(result, "creator")
+        else:
+            value = result
+            if value_fn is None:
+                d._value = value
+            d._createdtime = _now()
+    except Exception as exc:
+        d._failed += 1
+        attempt.finish(_rules.FAILED, exc)
+        if debug:
+            _log.debug("%r: the creator failed: %r", d, exc)
+        raise
+    except BaseException:
+        attempt.finish(_rules.ABANDONED, None)
+        raise
+    else:
+        attempt.finish(_rules.CREATED, value)
+        return value
+    finally:
+        d._delta = _monotonic() - started
+
+
+def _create_in_background(
+    d: Any,
+    handoff: "Handoff",
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+) -> None:
+    if not handoff.start():
+        return
+    attempt = None
+    try:
+        attempt = d._attempt = Attempt(threading.get_ident(), fork_generation)
+        _run_creator(d, attempt, creator, value_fn, value_and_created_fn)
+    except Exception:
+        # Nobody waits on a background creation, so its failure would
+        # go unseen; the next caller to find the value expired retries.
+        _log.warning("%r: background creation failed", d, exc_info=True)
+    finally:
+        if attempt is not None:
+            _settle(d, attempt)
+        handoff.release_logged()
+
+
+def _job_never_ran(d: Any, future: Any) -> None:
+    """A background job ended without running (a ProcessPoolExecutor
+    that could not pickle it, a cancelled future): say so, and have the
+    next caller that finds the value expired create it in place."""
+    d._retry_here = True
+    try:
+        cancelled = future.cancelled()
+        error = None if cancelled else future.exception(0)
+    except Exception as exc:  # a future-like object that cannot say
+        cancelled, error = False, exc
+    if cancelled:
+        _log.warning("%r: background creation was cancelled before it ran; the next "
+                     "caller to find the value expired creates it", d)
+    else:
+        _log.warning("%r: background creation could not run; the next caller to "
+                     "find the value expired creates it", d, exc_info=error)
+
+
+# States of a handoff to a background job.
+_HELD, _RUNNING, _RELEASED = range(3)
+
+
+class Handoff:
+    """The creation lock, handed from the caller that found the value
+    expired to a background job.  Released exactly once: by the job when it
+    ends or, when the job never runs (cancelled, or the executor failed to
+    start it), by its future's done callback."""
+
+    __slots__ = ("_release", "_dogpile", "state")
+
+    def __init__(self, release: Callable[[], Any], dogpile: Any) -> None:
+        self._release = release
+        self._dogpile = dogpile
+        self.state = _HELD
+
+    def start(self) -> bool:
+        """The job may run: the lock is still held for it."""
+        if self.state != _HELD:
+            return False
+        self.state = _RUNNING
+        return True
+
+    def cancel(self) -> None:
+        """The job must not run; the caller keeps the lock."""
+        self.state = _RELEASED
+
+    def release(self) -> None:
+        if self.state != _RELEASED:
+            self.state = _RELEASED
+            self._release()
+
+    def release_logged(self, *future: Any) -> None:
+        """release() where no caller would see an error (a custom lock that
+        may not be released from this thread, say).  Called with the future
+        when its job is done, or never ran."""
+        never_ran = self.state == _HELD and bool(future)
+        try:
+            self.release()
+        except Exception:
+            _log.warning("could not release a Dogpile's creation lock after a background "
+                         "creation", exc_info=True)
+        if never_ran:
+            _job_never_ran(self._dogpile, future[0])
+
+
+def _release_when_done(future: Any, handoff: Handoff) -> None:
+    add_done_callback = getattr(future, "add_done_callback", None)
+    if add_done_callback is not None:
+        add_done_callback(handoff.release_logged)
+
+
+# -- Lock ------------------------------------------------------------------------------
+
+
+def lock_create(lock: Any, value: Any, createdtime: float) -> Any:
+    """``Lock``'s slow path: no fresh value was read."""
+    mutex = lock.mutex
+    has_value = has_stale(value, createdtime)
+    check_callable("creator", lock.creator)
+    check_callable("async_creator", lock.async_creator, optional=True)
+    # Not checked at construction: that would tax every fresh hit.  An
+    # asyncio lock is refused before its acquire() returns a (truthy)
+    # coroutine that would pass for the lock.
+    check_lock(mutex, "mutex")
+    try:
+        if has_value:
+            if not mutex.acquire(False):
+                return value
+        else:
+            mutex.acquire()
+    except AttributeError:
+        check_lock(mutex, "mutex")
+        raise
+    handed_off = False
+    try:
+        if not has_value:
+            # We waited: another thread or process may have created
+            # meanwhile.  Any pair counts as a value, whatever its time:
+            # dogpile.cache's get_or_create_multi answers (payload, 0) to
+            # have the mutex handed to its async_creator.  (An expired
+            # value taken without waiting is not read again: that would
+            # cost a backend round trip per regeneration.)
+            try:
+                value, createdtime = pair(lock.value_and_created_fn(), "value_and_created_fn")
+            except NeedRegenerationException:
+                pass
+            else:
+                if not is_expired(createdtime, lock._expiretime):
+                    return value
+                has_value = True
+        if has_value and lock.async_creator is not None:
+            lock.async_creator(mutex)
+            # Only now: if async_creator raised, the mutex is still ours.
+            handed_off = True
+            return value
+        value, createdtime = pair(lock.creator(), "creator")
+        return value
+    finally:
+        if not handed_off:
+            _release(mutex)
+
+
+def _release(mutex: Any) -> None:
+    try:
+        mutex.release()
+    except AttributeError:
+        check_lock(mutex, "mutex")
+        raise

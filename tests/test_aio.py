@@ -30,7 +30,7 @@ from dogpile.mutexes import LeaseLost
 try:
     from dogpile.mutexes import AsyncRedisMutex
 except ImportError:  # until dogpile.mutexes re-exports it
-    from dogpile._aio_redis import AsyncRedisMutex
+    from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 
 @pytest.fixture
@@ -1479,10 +1479,10 @@ SRC = os.path.dirname(os.path.dirname(dogpile.__file__))
 
 
 def test_dogpile_mutexes_exports_async_redis_mutex():
-    import dogpile._aio_redis
     import dogpile.mutexes
+    import dogpile.mutexes._aio_redis
 
-    assert dogpile.mutexes.AsyncRedisMutex is dogpile._aio_redis.AsyncRedisMutex
+    assert dogpile.mutexes.AsyncRedisMutex is dogpile.mutexes._aio_redis.AsyncRedisMutex
 
 
 @pytest.fixture
@@ -1701,7 +1701,7 @@ _CHILD = r"""
 import asyncio, importlib, json, sys, time
 import redis.asyncio
 from dogpile import NeedRegenerationException, aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 url, prefix, core, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 classes = aio._build(importlib.import_module(core))
@@ -1914,7 +1914,7 @@ import asyncio, importlib, json, multiprocessing, os, sys
 from concurrent.futures import ProcessPoolExecutor
 import redis.asyncio
 from dogpile import aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 url, key, core = sys.argv[1], sys.argv[2], sys.argv[3]
 classes = aio._build(importlib.import_module(core))
@@ -2135,7 +2135,7 @@ _SHUTDOWN = r"""
 import asyncio, importlib, sys, time
 import redis.asyncio
 from dogpile import aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 port, key, flag, core, case = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 classes = aio._build(importlib.import_module(core))

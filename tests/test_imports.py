@@ -16,10 +16,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DEADLINE
 
 import dogpile
-
-from conftest import DEADLINE
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(dogpile.__file__))
 OPTIONAL = ("redis", "valkey", "gevent", "eventlet")
@@ -125,7 +124,8 @@ def _imports(module, path, is_package):
             else:
                 spec = match.group(1)
                 level = len(spec) - len(spec.lstrip("."))
-                names = [n.split()[0] for n in match.group(2).strip("()\\ ").split(",") if n.strip()]
+                listed = match.group(2).strip("()\\ ").split(",")
+                names = [n.split()[0] for n in listed if n.strip()]
                 found.append((resolve(level, spec.lstrip(".")), names))
         return found
     tree = ast.parse(source, path)

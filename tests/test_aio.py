@@ -1106,6 +1106,18 @@ def test_bad_locks_and_options(AsyncDogpile):
         AsyncDogpile(1, early_refresh=-1)
 
 
+def test_the_threading_mutexes_are_refused(AsyncDogpile, tmp_path, redis_client):
+    """FileMutex and RedisMutex are threading locks: refused by name, before
+    their acquire() could block the event loop (the check finds their
+    classes without importing dogpile.mutexes, see _aio_locks)."""
+    from dogpile.mutexes import FileMutex, RedisMutex
+
+    for mutex in [FileMutex(tmp_path / "a.lock"), RedisMutex(redis_client, "refused")]:
+        with pytest.raises(TypeError, match=f"{type(mutex).__name__!r} is a threading lock"):
+            AsyncDogpile(1, lock=mutex)
+        assert not mutex.locked()
+
+
 def test_a_lock_whose_acquire_is_not_a_coroutine_is_refused_and_left_free(AsyncDogpile):
     class LooksAsync:
         """Not recognisably a threading lock, but its acquire() blocks."""

@@ -20,6 +20,13 @@ waits on an in-process lock, not on the file or the server.
 
 The ``redis`` package is an optional extra (``pip install
 "dogpile[redis]"``), imported only when a RedisMutex is made.
+
+The modules: ``_common`` (what every mutex shares: argument checks, the
+back-off schedule, fork safety, LeaseLost), ``_protocol`` (the Redis key
+protocol, written once: scripts, keys, lease and client checks, waiting
+decisions, error messages), and the drivers over them, which only lock,
+wait and send: ``_file`` (FileMutex), ``_redis`` (RedisMutex) and
+``_aio_redis`` (AsyncRedisMutex, with ``dogpile._aio_locks``).
 """
 
 from typing import TYPE_CHECKING, Any

@@ -33,7 +33,7 @@ from .._aio_locks import (
 )
 from .._errors import LockError
 from ._common import _BACKOFF_FIRST, _backoff_step, _deadline
-from ._protocol import _client_errors, _RedisKey, _RenewalState
+from ._protocol import _RedisKey, _renew_command, _RenewalState
 
 __all__ = ["AsyncRedisMutex"]
 
@@ -62,7 +62,7 @@ async def _renew(
 ) -> None:
     # Holds the client, the key and the token, never the mutex (see the
     # finalizer in AsyncRedisMutex.__init__).
-    command = state.renew_command(name, token, lease_ms)
+    command = _renew_command(name, token, lease_ms)
     while True:
         await asyncio.sleep(interval)
         try:
@@ -113,9 +113,7 @@ class AsyncRedisMutex(_RedisKey):
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
     ) -> None:
-        self._errors = _client_errors(client)
-        self._check_client(client, asynchronous=True)
-        self._set_key(client, name, lease, auto_renew)
+        self._set_key(client, name, lease, auto_renew, asynchronous=True)
         # The tasks of this process queue on this, made for the running
         # event loop (see _local_lock).
         self._local: Optional[asyncio.Lock] = None
@@ -225,7 +223,7 @@ class AsyncRedisMutex(_RedisKey):
 
     def _take_back_later(self, command: "asyncio.Future[Any]", token: str) -> None:
         """A cancelled acquire() left ``command`` running: once it ends,
-        delete the key if it may have set it.  A clean-up (aio._clean_up):
+        delete the key if it may have set it.  A clean-up (_aio_locks._clean_up):
         the loop's shutdown neither stops nor forgets it."""
 
         async def take_back() -> None:

@@ -244,13 +244,19 @@ class _RedisKey:
         "_wake_cap",
         "__weakref__",
     )
-    # Set by each driver before _set_key: the client's "unreachable" errors,
-    # ConnectionError first (see _client_errors).
+    # The client's "unreachable" errors, ConnectionError first.
     _errors: Tuple[Type[BaseException], ...]
 
     def _set_key(
-        self, client: Any, name: Union[str, bytes], lease: float, auto_renew: bool
+        self,
+        client: Any,
+        name: Union[str, bytes],
+        lease: float,
+        auto_renew: bool,
+        asynchronous: bool,
     ) -> None:
+        self._errors = _client_errors(client)
+        self._check_client(client, asynchronous)
         if not isinstance(name, (str, bytes)):
             raise TypeError(f"name must be a str or bytes key, not {type(name).__name__!r}")
         if not name:
@@ -392,6 +398,12 @@ class _RedisKey:
         )
 
 
+def _renew_command(name: Any, token: str, lease_ms: int) -> Tuple[Any, ...]:
+    """The arguments of ``eval`` that extend ``token``'s lease, if the key
+    is still its own."""
+    return (_RENEW, 1, name, token, lease_ms)
+
+
 class _RenewalState:
     """What one acquisition's renewer (a thread or a task) tells release()."""
 
@@ -400,9 +412,6 @@ class _RenewalState:
     def __init__(self) -> None:
         self.lost = False  # the renewer found the key gone or someone else's
         self.error: Optional[BaseException] = None  # its last failure, if any
-
-    def renew_command(self, name: Any, token: str, lease_ms: int) -> Tuple[Any, ...]:
-        return (_RENEW, 1, name, token, lease_ms)
 
     def failed(self, exc: BaseException) -> None:
         # A passing network failure: try again next interval, while the

@@ -9,7 +9,7 @@ import weakref
 from typing import Any, List, Optional, Union
 
 from ._common import _BACKOFF_FIRST, _backoff, _deadline, _instances, _MutexBase, _remaining
-from ._protocol import _client_errors, _RedisKey, _RenewalState
+from ._protocol import _RedisKey, _renew_command, _RenewalState
 
 
 class _Renewal(_RenewalState):
@@ -29,7 +29,7 @@ def _renew(
     # Holds the client, the key and the token, never the mutex: a mutex
     # dropped while held is collected, its finalizer sets ``stop``, and this
     # thread ends.
-    command = state.renew_command(name, token, lease_ms)
+    command = _renew_command(name, token, lease_ms)
     while not state.stop.wait(interval):
         try:
             renewed = client.eval(*command)
@@ -88,9 +88,7 @@ class RedisMutex(_MutexBase, _RedisKey):
         lease: float = 30.0,
         auto_renew: bool = True,
     ) -> None:
-        self._errors = _client_errors(client)
-        self._check_client(client, asynchronous=False)
-        self._set_key(client, name, lease, auto_renew)
+        self._set_key(client, name, lease, auto_renew, asynchronous=False)
         self._local = threading.Lock()
         self._guard = threading.Lock()
         self._made_with = _thread.allocate_lock

@@ -25,12 +25,7 @@ from conftest import DEADLINE
 
 import dogpile
 from dogpile import LockError, LockTimeout, NeedRegenerationException, aio
-from dogpile.mutexes import LeaseLost
-
-try:
-    from dogpile.mutexes import AsyncRedisMutex
-except ImportError:  # until dogpile.mutexes re-exports it
-    from dogpile.mutexes._aio_redis import AsyncRedisMutex
+from dogpile.mutexes import AsyncRedisMutex, LeaseLost
 
 
 @pytest.fixture

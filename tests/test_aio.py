@@ -25,12 +25,7 @@ from conftest import DEADLINE
 
 import dogpile
 from dogpile import LockError, LockTimeout, NeedRegenerationException, _aio_locks, aio
-from dogpile.mutexes import LeaseLost
-
-try:
-    from dogpile.mutexes import AsyncRedisMutex
-except ImportError:  # until dogpile.mutexes re-exports it
-    from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes import AsyncRedisMutex, LeaseLost
 
 
 @pytest.fixture
@@ -1106,6 +1101,18 @@ def test_bad_locks_and_options(AsyncDogpile):
         AsyncDogpile(1, early_refresh=-1)
 
 
+def test_the_threading_mutexes_are_refused(AsyncDogpile, tmp_path, redis_client):
+    """FileMutex and RedisMutex are threading locks: refused by name, before
+    their acquire() could block the event loop (the check finds their
+    classes without importing dogpile.mutexes, see _aio_locks)."""
+    from dogpile.mutexes import FileMutex, RedisMutex
+
+    for mutex in [FileMutex(tmp_path / "a.lock"), RedisMutex(redis_client, "refused")]:
+        with pytest.raises(TypeError, match=f"{type(mutex).__name__!r} is a threading lock"):
+            AsyncDogpile(1, lock=mutex)
+        assert not mutex.locked()
+
+
 def test_a_lock_whose_acquire_is_not_a_coroutine_is_refused_and_left_free(AsyncDogpile):
     class LooksAsync:
         """Not recognisably a threading lock, but its acquire() blocks."""
@@ -1479,10 +1486,10 @@ SRC = os.path.dirname(os.path.dirname(dogpile.__file__))
 
 
 def test_dogpile_mutexes_exports_async_redis_mutex():
-    import dogpile._aio_redis
     import dogpile.mutexes
+    import dogpile.mutexes._aio_redis
 
-    assert dogpile.mutexes.AsyncRedisMutex is dogpile._aio_redis.AsyncRedisMutex
+    assert dogpile.mutexes.AsyncRedisMutex is dogpile.mutexes._aio_redis.AsyncRedisMutex
 
 
 @pytest.fixture
@@ -1701,7 +1708,7 @@ _CHILD = r"""
 import asyncio, importlib, json, sys, time
 import redis.asyncio
 from dogpile import NeedRegenerationException, aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 url, prefix, core, tasks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 classes = aio._build(importlib.import_module(core))
@@ -1914,7 +1921,7 @@ import asyncio, importlib, json, multiprocessing, os, sys
 from concurrent.futures import ProcessPoolExecutor
 import redis.asyncio
 from dogpile import aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 url, key, core = sys.argv[1], sys.argv[2], sys.argv[3]
 classes = aio._build(importlib.import_module(core))
@@ -2135,7 +2142,7 @@ _SHUTDOWN = r"""
 import asyncio, importlib, sys, time
 import redis.asyncio
 from dogpile import aio
-from dogpile._aio_redis import AsyncRedisMutex
+from dogpile.mutexes._aio_redis import AsyncRedisMutex
 
 port, key, flag, core, case = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 classes = aio._build(importlib.import_module(core))

@@ -617,7 +617,7 @@ def test_a_timed_file_wait_blocks_in_the_kernel_instead_of_polling(tmp_path, mon
     its deadline.  A caller that gives up leaves the waiter to the next
     acquire(), so there is one per mutex; once the lock is free, a waiter
     that nobody waits for any more lets it go at once."""
-    from dogpile import mutexes
+    from dogpile.mutexes import _file as mutexes
 
     path = tmp_path / "w.lock"
     tries = []

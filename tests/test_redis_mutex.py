@@ -707,7 +707,7 @@ def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, 
     """Another client blocked on the wake-up list first takes the one
     wake-up (the server serves the longest waiter first): the waiter still
     gets the lock, at the latest after its BLPOP's cap."""
-    from dogpile.mutexes import _wake_key
+    from dogpile.mutexes._protocol import _wake_key
 
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()

@@ -1,12 +1,19 @@
-"""How the asyncio front end takes, waits for and gives back a lock: any
-object with a coroutine ``acquire()``, ``release()`` and ``locked()`` (plain
-or coroutines), asyncio.Lock first among them.  No rule of the dogpile lock
-lives here (see _rules); ``aio`` and the asyncio Redis mutex both use it."""
+"""The asyncio lock adapters that dogpile.aio and AsyncRedisMutex share.
+
+Awaiting any lock's acquire() and release() (refusing a threading lock),
+taking one without waiting, within a timeout, or only if free; clean-ups
+that outlive a cancellation and the loop's shutdown; the check that an
+object serving one event loop may move to another.  It imports nothing of
+dogpile's but its errors, so that ``dogpile.aio`` and
+``dogpile.mutexes._aio_redis`` both build on it without importing each
+other.
+"""
 
 import asyncio
 import inspect
 import logging
 import os
+import sys
 import threading
 import types
 import weakref
@@ -14,7 +21,6 @@ from functools import partial
 from typing import Any, Callable, Optional, Set
 
 _log = logging.getLogger("dogpile")
-
 
 # -- awaitables ----------------------------------------------------------------------------
 
@@ -277,10 +283,11 @@ def _try_acquirer(lock: Any) -> Callable[[Any], Any]:
 
 
 def _check_async_lock(lock: Any, what: str = "lock") -> None:
-    from . import mutexes  # not at import time: mutexes re-exports AsyncRedisMutex
-
     sync = (type(threading.Lock()), type(threading.RLock()), threading.Semaphore)
-    if isinstance(lock, sync) or isinstance(lock, (mutexes.FileMutex, mutexes.RedisMutex)):
+    # FileMutex and RedisMutex, without importing them (the asyncio Redis
+    # mutex imports this module): an instance exists only if they are loaded.
+    common = sys.modules.get("dogpile.mutexes._common")
+    if isinstance(lock, sync) or (common is not None and isinstance(lock, common._MutexBase)):
         raise TypeError(
             f"{what} must be an asyncio lock (acquire() a coroutine), like asyncio.Lock "
             f"or dogpile.mutexes.AsyncRedisMutex; {_kind(lock)!r} is a threading lock, "

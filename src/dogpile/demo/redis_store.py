@@ -97,7 +97,7 @@ def check_server(url: str) -> str:
     from redis.exceptions import RedisError
     from redis.retry import Retry
 
-    from ..mutexes import _server_address
+    from ..mutexes._protocol import _server_address
 
     client = redis_client(
         url, socket_connect_timeout=5, socket_timeout=5, retry=Retry(NoBackoff(), 0)

@@ -17,66 +17,44 @@ Re-exported by ``dogpile.mutexes``.
 """
 
 import asyncio
-import inspect
-import math
 import os
-import random
 import secrets
 import time
 import weakref
 from functools import partial
 from typing import Any, List, Optional, Union
 
-from ._aio_locks import (
+from .._aio_locks import (
     _CLEANUP_RERUNS,
     _acquire_within,
     _check_loop_switch,
     _clean_up,
     _try_acquire_now,
 )
-from ._errors import LockError
-from .mutexes import (
-    _ACQUIRE,
-    _BACKOFF_CAP,
-    _BACKOFF_FIRST,
-    _DELETE_IF_OURS,
-    _RELEASE,
-    _RELEASED_MS,
-    _RENEW,
-    LeaseLost,
-    _client_errors,
-    _deadline,
-    _RedisKey,
-    _released_key,
-    _server_address,
-    _wake_wait,
-)
+from .._errors import LockError
+from ._common import _BACKOFF_FIRST, _backoff_step, _deadline
+from ._protocol import _RedisKey, _renew_command, _RenewalState
 
 __all__ = ["AsyncRedisMutex"]
 
 
 async def _backoff(delay: float, deadline: Optional[float]) -> Optional[float]:
-    """mutexes._backoff, awaited: the same capped exponential back-off with
-    jitter, so that waiting processes spread out."""
-    if deadline is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-    else:
-        left = math.inf
-    await asyncio.sleep(min(delay * (0.5 + 0.5 * random.random()), left))
-    return min(delay * 2, _BACKOFF_CAP)
+    """_common._backoff, awaited."""
+    step = _backoff_step(delay, deadline)
+    if step is None:
+        return None
+    await asyncio.sleep(step[0])
+    return step[1]
 
 
-class _Renewal:
+class _Renewal(_RenewalState):
     """What one acquisition's renewer task shares with release()."""
 
-    __slots__ = ("task", "lost", "error")
+    __slots__ = ("task",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.task: Optional[asyncio.Task[None]] = None
-        self.lost = False  # the renewer found the key gone or someone else's
-        self.error: Optional[BaseException] = None  # its last failure, if any
 
 
 async def _renew(
@@ -84,17 +62,15 @@ async def _renew(
 ) -> None:
     # Holds the client, the key and the token, never the mutex (see the
     # finalizer in AsyncRedisMutex.__init__).
+    command = _renew_command(name, token, lease_ms)
     while True:
         await asyncio.sleep(interval)
         try:
-            renewed = await client.eval(_RENEW, 1, name, token, lease_ms)
+            renewed = await client.eval(*command)
         except Exception as exc:
-            # A passing network failure: try again next interval, while the
-            # lease still runs.  If it runs out, release() reports it.
-            state.error = exc
+            state.failed(exc)
             continue
-        if not renewed:
-            state.lost = True
+        if not state.go_on(renewed):
             return
 
 
@@ -137,22 +113,7 @@ class AsyncRedisMutex(_RedisKey):
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
     ) -> None:
-        self._errors = _client_errors(client)
-        for method in ("set", "eval", "exists"):
-            if not callable(getattr(client, method, None)):
-                raise TypeError(
-                    "AsyncRedisMutex needs an asyncio redis client (redis.asyncio.Redis or "
-                    f"valkey.asyncio.Valkey), not {type(client).__name__!r}, which has no "
-                    f"{method}()"
-                )
-        # redis.asyncio's command methods are plain functions that return
-        # the coroutine of an async execute_command.
-        if not inspect.iscoroutinefunction(getattr(client, "execute_command", None)):
-            raise TypeError(
-                "AsyncRedisMutex needs an asyncio redis client (redis.asyncio.Redis), not the "
-                f"synchronous {type(client).__name__!r}: use dogpile.mutexes.RedisMutex for it"
-            )
-        self._set_key(client, name, lease, auto_renew)
+        self._set_key(client, name, lease, auto_renew, asynchronous=True)
         # The tasks of this process queue on this, made for the running
         # event loop (see _local_lock).
         self._local: Optional[asyncio.Lock] = None
@@ -213,7 +174,7 @@ class AsyncRedisMutex(_RedisKey):
         delay: Optional[float] = _BACKOFF_FIRST
         while True:
             command = asyncio.ensure_future(
-                self._client.eval(_ACQUIRE, 1, self._name, token, self._lease_ms)
+                self._client.eval(*self._acquire_command(token))
             )
             try:
                 # Shielded: a cancellation ends this wait at once and leaves
@@ -227,19 +188,15 @@ class AsyncRedisMutex(_RedisKey):
                 raise
             except BaseException as exc:
                 # The SET may have reached the server before the failure (a
-                # timed-out reply): take back what is ours, if it is.  Not
-                # after a ConnectionError: the client could not reach the
-                # server, and the lease ends the key anyway.
-                if not isinstance(exc, self._errors[0]):
+                # timed-out reply): take back what is ours, if it is.
+                if self._take_back_after(exc):
                     await self._delete_if_ours(token)
                 if isinstance(exc, self._errors):
                     raise self._unreachable(exc, "acquire()") from exc
                 raise
             if taken > 0:
                 break
-            if not blocking:
-                return False
-            wait = _wake_wait(taken, deadline, self._wake_cap)
+            wait = self._wait_after(taken, blocking, deadline)
             if wait is None:
                 return False
             if self._wake:
@@ -247,12 +204,8 @@ class AsyncRedisMutex(_RedisKey):
                     # Returns when a release pushes, or after ``wait``.
                     await self._client.blpop([self._wake_list], timeout=wait)
                     continue
-                except self._errors as exc:
-                    raise self._unreachable(exc, "acquire()") from exc
-                except Exception:
-                    # A server before Redis 6 takes whole seconds only:
-                    # poll with back-off instead, as before wake-ups.
-                    self._wake = False
+                except Exception as exc:
+                    self._wake_failed(exc)
             delay = await _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False
@@ -282,9 +235,9 @@ class AsyncRedisMutex(_RedisKey):
                 exc = command.exception()
                 if exc is None and not command.result() > 0:
                     return  # it took nothing
-                if isinstance(exc, self._errors[0]):
+                if not self._take_back_after(exc):
                     return  # it never reached the server; the lease ends it anyway
-            await self._client.eval(_DELETE_IF_OURS, 1, self._name, token)
+            await self._client.eval(*self._delete_command(token))
 
         _clean_up(take_back, reruns=_CLEANUP_RERUNS)
 
@@ -293,7 +246,7 @@ class AsyncRedisMutex(_RedisKey):
             # A clean-up, shielded: a second cancellation must not stop it.
             await asyncio.shield(
                 _clean_up(
-                    partial(self._client.eval, _DELETE_IF_OURS, 1, self._name, token),
+                    partial(self._client.eval, *self._delete_command(token)),
                     reruns=_CLEANUP_RERUNS,
                 )
             )
@@ -315,7 +268,7 @@ class AsyncRedisMutex(_RedisKey):
         """
         token = self._token
         if token is None or self._local_pid != os.getpid():
-            raise LockError(f"release(): AsyncRedisMutex {self._name!r} is not held")
+            raise self._not_held()
         if self._releasing is not None:
             raise LockError(
                 f"release(): AsyncRedisMutex {self._name!r} is being released already "
@@ -327,13 +280,8 @@ class AsyncRedisMutex(_RedisKey):
             # A renewal in flight is a compare-and-expire on this token,
             # which cannot touch a lock taken after the delete.
             renewal.task.cancel()
-        name = self._name
         delete = _clean_up(
-            partial(
-                self._client.eval, _RELEASE, 3, name, _released_key(name, token),
-                self._wake_list, token, _RELEASED_MS, self._lease_ms,
-            ),
-            reruns=_CLEANUP_RERUNS,
+            partial(self._client.eval, *self._release_command(token)), reruns=_CLEANUP_RERUNS
         )
         self._releasing = delete
         # Frees the mutex once the delete is over, whoever awaits it; done
@@ -344,19 +292,7 @@ class AsyncRedisMutex(_RedisKey):
         except self._errors as exc:
             raise self._unreachable(exc, "release()") from exc
         if not deleted:
-            how = (
-                "the lease was not renewed"
-                if renewal is None
-                else "the renewer found it gone or taken"
-                if renewal.lost
-                else "the key was gone or held another token at release"
-            )
-            if renewal is not None and renewal.error is not None:
-                how += f"; the last renewal failed: {renewal.error}"
-            raise LeaseLost(
-                f"AsyncRedisMutex {self._name!r} lost its lock before release() "
-                f"(lease {self._lease:g} s; {how}); the key was left alone"
-            )
+            raise self._lease_lost(renewal)
 
     def _released(self, delete: "asyncio.Future[Any]") -> None:
         if self._releasing is not delete:
@@ -382,22 +318,3 @@ class AsyncRedisMutex(_RedisKey):
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         await self.release()
-
-    def _unreachable(self, exc: BaseException, during: str) -> BaseException:
-        message = (
-            f"AsyncRedisMutex {self._name!r}: cannot reach the Redis server at "
-            f"{_server_address(self._client)} during {during}: {exc}"
-        )
-        try:
-            # The client's own class, so ``except redis.ConnectionError``
-            # in the caller still catches it.
-            return type(exc)(message)
-        except Exception:  # pragma: no cover - a class with another signature
-            return ConnectionError(message)
-
-    def __repr__(self) -> str:
-        state = "held" if self._token is not None else "free"
-        return (
-            f"<AsyncRedisMutex {self._name!r} at {_server_address(self._client)} "
-            f"lease={self._lease:g} auto_renew={self._auto_renew} {state} here>"
-        )

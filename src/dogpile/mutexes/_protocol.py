@@ -1,0 +1,426 @@
+"""The Redis key protocol of RedisMutex and AsyncRedisMutex, written once:
+the scripts, the names of the mutex's own keys, the lease and client
+checks, how long a waiter blocks, and every error message.  The drivers
+(``_redis`` over threads, ``_aio_redis`` over asyncio) only send the
+commands and wait.  redis-py is imported only when a mutex is made."""
+
+import inspect
+import math
+import time
+from typing import Any, Optional, Tuple, Type, Union
+
+from .._errors import LockError
+from ._common import LeaseLost
+
+# SET NX PX, made idempotent: redis-py resends a command whose reply was lost
+# to a connection failure (by default since 6.0), and a plain SET NX resent
+# after it had worked would find the key taken, by this very token, and
+# report the lock busy until its lease ran out.
+#
+# Taken: 1.  Not taken: -1 - the milliseconds left on the holder's lease
+# (so at most -1), or 0 for a key without an expiry: how long a waiter may
+# block before the lease ends by itself (see _wake_wait).
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then
+    return 0
+end
+return -1 - left
+"""
+
+# Compare-and-delete and compare-and-expire: atomic on the server, so a
+# holder whose lease ran out never deletes or extends a lock that someone
+# else has taken since.  _DELETE_IF_OURS takes back a key that a failed or
+# cancelled acquire() may have set.
+_DELETE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+# release(): compare-and-delete, made idempotent.  redis-py resends a
+# command whose reply was lost (a socket timeout, a dropped connection), and
+# the resent release finds the key gone, deleted by its own first run, or
+# already taken by a waiter since: from the key alone that looks like a
+# lease that ran out, and release() would raise LeaseLost for a lock it
+# held to the end.  Neither the key nor the client's clock can tell the
+# two apart (the client cannot see that its command was resent), so the
+# run that deletes leaves a note: a key of its own, named after this
+# token, that expires after _RELEASED_MS.  A run that finds the note
+# succeeds: this token's lock was released by this very release().  One
+# that finds neither its token nor the note raises LeaseLost as before:
+# the key had expired, or someone else had taken it, before the release
+# ran.  A minute is far longer than a client's retries take (redis-py's
+# default: 3 retries, back-off capped at 0.5 s, each after a socket
+# timeout); a note per release costs one small key for that minute.
+#
+# It also wakes a waiter: KEYS[3] is a list that waiters block on (BLPOP)
+# instead of polling the key.  It holds one element after a release (any
+# number of releases), and expires after a lease (ARGV[3]) so that nothing
+# is left behind; a waiter that pops a stale one tries the key once more
+# and waits again.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+    redis.call('del', KEYS[3])
+    redis.call('rpush', KEYS[3], '1')
+    redis.call('pexpire', KEYS[3], ARGV[3])
+    return redis.call('del', KEYS[1])
+end
+return redis.call('exists', KEYS[2])
+"""
+_RELEASED_MS = 60_000
+
+# A waiter blocks on the wake-up list until a release pushes to it, or at
+# most until the holder's lease ends (the holder died: nobody releases), and
+# never longer than this: the safety net for a wake-up that was lost (taken
+# by a waiter that then lost the key to a newcomer, or cut off with its
+# connection), and for a lease that was renewed meanwhile.
+_WAKE_CAP = 1.0
+
+
+def _released_key(name: Union[str, bytes], token: str) -> bytes:
+    """The note a release leaves for ``token`` (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-released:" + token.encode())
+
+
+def _wake_key(name: Union[str, bytes]) -> bytes:
+    """The list that waiters for ``name`` block on (see _RELEASE)."""
+    return _sibling_key(name, b":dogpile-wake")
+
+
+def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
+    """A key of the mutex's own, in the same hash slot as the lock key
+    ``name``: Redis Cluster runs a script only on keys of one slot.  A name
+    with a hash tag ``{...}`` gives its slot to any key that starts with
+    it; a name without one is hashed whole, which ``{name}`` reproduces
+    unless the name holds a "}"."""
+    raw = name.encode() if isinstance(name, str) else bytes(name)
+    start = raw.find(b"{")
+    if start >= 0 and raw.find(b"}", start + 1) > start + 1:
+        return raw + suffix
+    if b"}" not in raw:
+        return b"{" + raw + b"}" + suffix
+    return raw + suffix  # no key shares its slot; right on one server
+
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_INSTALL_HINT = 'RedisMutex needs the redis client: pip install "dogpile[redis]"'
+
+
+def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
+    """The exceptions that mean "the server could not be reached", from the
+    client's own package (redis-py, or its fork valkey)."""
+    package = type(client).__module__.partition(".")[0]
+    if package == "valkey":
+        try:
+            import valkey.exceptions as exceptions
+        except ImportError:  # pragma: no cover - a valkey client without valkey
+            raise ImportError(_INSTALL_HINT) from None
+    else:
+        try:
+            import redis.exceptions as exceptions
+        except ImportError as exc:
+            raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
+    return (exceptions.ConnectionError, exceptions.TimeoutError)
+
+
+def _wake_cap(client: Any) -> float:
+    """The longest a waiter blocks in one BLPOP: _WAKE_CAP, and less than
+    the client's socket timeout, which would otherwise cut the wait off."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    timeout = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    if isinstance(timeout, (int, float)) and timeout > 0:
+        return min(_WAKE_CAP, timeout / 2)
+    return _WAKE_CAP
+
+
+def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[float]:
+    """Seconds a waiter may block after ``_ACQUIRE`` returned ``taken`` (<= 0):
+    until the holder's lease ends, within ``cap`` and the deadline; None
+    when the deadline has passed."""
+    wait = cap if taken == 0 else min(cap, (-1 - taken) / 1000)
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        wait = min(wait, left)
+    # BLPOP's 0 would wait for ever; its resolution is a millisecond.
+    return max(wait, 0.001)
+
+
+def _single_connection(client: Any) -> bool:
+    """Is ``client`` redis-py's ``single_connection_client`` (sync, where the
+    connection is taken at construction, or asyncio, where redis-py 4.2
+    takes it at the first command)?"""
+    return (
+        getattr(client, "connection", None) is not None
+        or getattr(client, "single_connection_client", False) is True
+        or getattr(client, "_single_connection_client", False) is True
+    )
+
+
+def _mutex_client(client: Any) -> Any:
+    """The client the mutex sends its commands through.
+
+    A single-connection client has one connection for all its callers.
+    redis-py up to 5.2 does not guard it against two threads at once (the
+    renewer's reply went to the caller's GET, and the caller's to the
+    renewer), and from 5.3 a lock serializes it, so a renewal queued behind
+    the caller's blocking command lets the lease run out.  The mutex
+    leaves that connection to its owner: a client of the same class over
+    the same pool (same server, database and options) takes connections of
+    its own, one per command, as any pooled client does."""
+    if not _single_connection(client):
+        return client
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise TypeError(
+            f"a single-connection {type(client).__name__!r} without a connection_pool: "
+            "the mutex's renewal cannot share that connection safely; pass a pooled "
+            "client (the default, single_connection_client=False)"
+        )
+    return type(client)(connection_pool=pool)
+
+
+def _server_address(client: Any) -> str:
+    """host:port/db (or the socket path) of the client's server, for errors."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if isinstance(kwargs, dict):
+        db = kwargs.get("db", 0)
+        if kwargs.get("path"):
+            return f"unix:{kwargs['path']}?db={db}"
+        if "host" in kwargs:
+            return f"{kwargs['host']}:{kwargs.get('port', 6379)}/{db}"
+    text = repr(client)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _lease_ms(lease: Any) -> int:
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)):
+        raise TypeError(f"lease must be a number of seconds, not {type(lease).__name__!r}")
+    if not (lease > 0 and math.isfinite(lease)):
+        raise ValueError(f"lease must be a finite number of seconds > 0, got {lease!r}")
+    ms = int(lease * 1000)
+    if ms < 1:
+        # PX counts whole milliseconds; 0 would be an error from the server.
+        raise ValueError(f"lease must be at least 0.001 seconds (1 ms), got {lease!r}")
+    return ms
+
+
+class _RedisKey:
+    """What RedisMutex and AsyncRedisMutex share: the key, its lease, their
+    checks, the decisions of acquire(), release() and the renewal, and the
+    error messages.  How they wait differs (threads and a renewal thread,
+    or tasks and a renewal task), and so does ``_renewal``, which each sets
+    up."""
+
+    __slots__ = (
+        "_client",
+        "_name",
+        "_lease",
+        "_lease_ms",
+        "_auto_renew",
+        "_errors",
+        "_token",
+        "_renewal",
+        "_wake_list",
+        "_wake",
+        "_wake_cap",
+        "__weakref__",
+    )
+    # The client's "unreachable" errors, ConnectionError first.
+    _errors: Tuple[Type[BaseException], ...]
+
+    def _set_key(
+        self,
+        client: Any,
+        name: Union[str, bytes],
+        lease: float,
+        auto_renew: bool,
+        asynchronous: bool,
+    ) -> None:
+        self._errors = _client_errors(client)
+        self._check_client(client, asynchronous)
+        if not isinstance(name, (str, bytes)):
+            raise TypeError(f"name must be a str or bytes key, not {type(name).__name__!r}")
+        if not name:
+            raise ValueError("name must be a non-empty key")
+        self._lease_ms = _lease_ms(lease)
+        self._lease = float(lease)
+        self._client = _mutex_client(client)
+        self._wake_list = _wake_key(name)
+        self._wake = True  # False once the server refused a BLPOP (Redis < 6)
+        self._wake_cap = _wake_cap(self._client)
+        self._name = name
+        self._auto_renew = bool(auto_renew)
+        self._token: Optional[str] = None
+
+    @property
+    def name(self) -> Union[str, bytes]:
+        """The key that holds the lock."""
+        return self._name
+
+    @property
+    def lease(self) -> float:
+        """Seconds the lock outlives a holder that went away."""
+        return self._lease
+
+    @property
+    def auto_renew(self) -> bool:
+        """Whether a held lock's lease is extended until release()."""
+        return self._auto_renew
+
+    def _check_client(self, client: Any, asynchronous: bool) -> None:
+        """``client`` must be a redis client of the mutex's kind."""
+        kind = type(self).__name__
+        wanted = (
+            "an asyncio redis client (redis.asyncio.Redis or valkey.asyncio.Valkey)"
+            if asynchronous
+            else "a redis client (redis.Redis or valkey.Valkey)"
+        )
+        # redis.asyncio's command methods are plain functions that return
+        # the coroutine of an async execute_command.
+        coroutines = inspect.iscoroutinefunction(getattr(client, "execute_command", None))
+        # eval and exists are what the mutex calls (its SET runs inside a
+        # script); set is there to tell a Redis client from other objects
+        # that happen to have an eval().
+        for method in ("set", "eval", "exists"):
+            function = getattr(client, method, None)
+            if not callable(function):
+                raise TypeError(
+                    f"{kind} needs {wanted}, not {type(client).__name__!r}, which has "
+                    f"no {method}()"
+                )
+            if not asynchronous and (coroutines or inspect.iscoroutinefunction(function)):
+                raise TypeError(
+                    f"{kind} needs a synchronous redis client, not the asyncio "
+                    f"{type(client).__name__!r}: its calls return coroutines that "
+                    "a lock cannot wait for"
+                )
+        if asynchronous and not coroutines:
+            raise TypeError(
+                f"{kind} needs an asyncio redis client (redis.asyncio.Redis), not the "
+                f"synchronous {type(client).__name__!r}: use dogpile.mutexes.RedisMutex for it"
+            )
+
+    def _acquire_command(self, token: str) -> Tuple[Any, ...]:
+        """The arguments of ``eval`` that try to take the key for ``token``."""
+        return (_ACQUIRE, 1, self._name, token, self._lease_ms)
+
+    def _release_command(self, token: str) -> Tuple[Any, ...]:
+        """The arguments of ``eval`` that release ``token``'s key."""
+        name = self._name
+        return (
+            _RELEASE, 3, name, _released_key(name, token), self._wake_list,
+            token, _RELEASED_MS, self._lease_ms,
+        )
+
+    def _delete_command(self, token: str) -> Tuple[Any, ...]:
+        """The arguments of ``eval`` that take back a key ``token`` may hold."""
+        return (_DELETE_IF_OURS, 1, self._name, token)
+
+    def _take_back_after(self, exc: Optional[BaseException]) -> bool:
+        """May the SET of an acquire() that failed with ``exc`` have reached
+        the server?  (Not after a ConnectionError: the client has already
+        retried and failed to reach the server, another try would only
+        double the caller's wait, and the lease ends the key anyway.)"""
+        return not isinstance(exc, self._errors[0])
+
+    def _wait_after(
+        self, taken: int, blocking: bool, deadline: Optional[float]
+    ) -> Optional[float]:
+        """Seconds to wait for a release after ``_ACQUIRE`` returned
+        ``taken`` (<= 0), or None to give up."""
+        if not blocking:
+            return None
+        return _wake_wait(taken, deadline, self._wake_cap)
+
+    def _wake_failed(self, exc: Exception) -> None:
+        """A BLPOP failed with ``exc``: raise if the server is unreachable;
+        otherwise it is a server before Redis 6, which takes whole seconds
+        only: poll with back-off from now on, as before wake-ups."""
+        if isinstance(exc, self._errors):
+            raise self._unreachable(exc, "acquire()") from exc
+        self._wake = False
+
+    def _lease_lost(self, renewal: "Optional[_RenewalState]") -> LeaseLost:
+        """The error of a release() that found the key no longer its own."""
+        how = (
+            "the lease was not renewed"
+            if renewal is None
+            else "the renewer found it gone or taken"
+            if renewal.lost
+            else "the key was gone or held another token at release"
+        )
+        if renewal is not None and renewal.error is not None:
+            how += f"; the last renewal failed: {renewal.error}"
+        return LeaseLost(
+            f"{type(self).__name__} {self._name!r} lost its lock before release() "
+            f"(lease {self._lease:g} s; {how}); the key was left alone"
+        )
+
+    def _not_held(self) -> LockError:
+        return LockError(f"release(): {type(self).__name__} {self._name!r} is not held")
+
+    def _unreachable(self, exc: BaseException, during: str) -> BaseException:
+        message = (
+            f"{type(self).__name__} {self._name!r}: cannot reach the Redis server at "
+            f"{_server_address(self._client)} during {during}: {exc}"
+        )
+        try:
+            # The client's own class, so ``except redis.ConnectionError``
+            # in the caller still catches it.
+            return type(exc)(message)
+        except Exception:  # pragma: no cover - a class with another signature
+            return ConnectionError(message)
+
+    def __repr__(self) -> str:
+        state = "held" if self._token is not None else "free"
+        return (
+            f"<{type(self).__name__} {self._name!r} at {_server_address(self._client)} "
+            f"lease={self._lease:g} auto_renew={self._auto_renew} {state} here>"
+        )
+
+
+def _renew_command(name: Any, token: str, lease_ms: int) -> Tuple[Any, ...]:
+    """The arguments of ``eval`` that extend ``token``'s lease, if the key
+    is still its own."""
+    return (_RENEW, 1, name, token, lease_ms)
+
+
+class _RenewalState:
+    """What one acquisition's renewer (a thread or a task) tells release()."""
+
+    __slots__ = ("lost", "error")
+
+    def __init__(self) -> None:
+        self.lost = False  # the renewer found the key gone or someone else's
+        self.error: Optional[BaseException] = None  # its last failure, if any
+
+    def failed(self, exc: BaseException) -> None:
+        # A passing network failure: try again next interval, while the
+        # lease still runs.  If it runs out, release() reports it.
+        self.error = exc
+
+    def go_on(self, renewed: Any) -> bool:
+        """Renew again after a renewal that returned ``renewed``?"""
+        if not renewed:
+            self.lost = True
+            return False
+        return True

@@ -1,0 +1,121 @@
+"""Defects found by the review of the cores after issue 12, one test (or
+more) each, on both cores.  Each docstring names the failure it guards
+against."""
+
+import errno
+import os
+import sys
+import threading
+
+import pytest
+from conftest import DEADLINE, run_threads
+
+import dogpile
+
+SRC = os.path.dirname(os.path.dirname(dogpile.__file__))
+
+
+def _shared_failure(impl, make_exc, n=2):
+    """Have one creator raise ``make_exc()`` while ``n - 1`` callers wait
+    for it; return what each of the ``n`` callers caught."""
+    d = impl.Dogpile(3600)
+    both_in = threading.Event()
+
+    def creator():
+        assert both_in.wait(DEADLINE), "the waiters never arrived"
+        raise make_exc()
+
+    def watch():
+        # The waiters are counted before they block.
+        end = threading.Event()
+        while d.stats()["waited"] < n - 1 and not end.wait(0.001):
+            pass
+        both_in.set()
+
+    caught = {}
+
+    def caller(i):
+        if i == 0:
+            watch()
+            return
+        try:
+            with d.acquire(creator):
+                pass
+        except BaseException as exc:  # kept for the test to inspect
+            caught[i] = exc
+
+    run_threads(caller, n + 1)
+    assert d.stats()["created"] == 1 and d.stats()["failed"] == 1
+    return list(caught.values())
+
+
+class CodeError(Exception):
+    made = 0
+
+    def __init__(self, code=0):
+        super().__init__(f"backend failed with code {code}")
+        self.code = code
+        CodeError.made += 1
+
+
+def test_a_waiters_copy_does_not_run_the_exceptions_init_again(impl):
+    """Guards against copy.copy calling __init__(*args) for each waiter: an
+    __init__ formatting its own message gave the waiter "backend failed
+    with code backend failed with code 503", and ran once per waiter."""
+    CodeError.made = 0
+    caught = _shared_failure(impl, lambda: CodeError(503), n=3)
+    assert len(caught) == 3
+    assert CodeError.made == 1
+    assert len({id(exc) for exc in caught}) == 3, "not a copy per waiter"
+    for exc in caught:
+        assert type(exc) is CodeError
+        assert str(exc) == "backend failed with code 503"
+        assert exc.args == ("backend failed with code 503",) and exc.code == 503
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="add_note() is new in Python 3.11")
+def test_a_waiters_copy_keeps_notes_of_its_own(impl):
+    """Each waiter's copy has the creator's notes, in a list of its own."""
+
+    def make():
+        exc = CodeError(7)
+        exc.add_note("while reading the price list")
+        return exc
+
+    a, b = _shared_failure(impl, make)
+    assert a.__notes__ == b.__notes__ == ["while reading the price list"]
+    a.add_note("only a's")
+    assert b.__notes__ == ["while reading the price list"]
+
+
+class PathError(OSError):
+    def __init__(self, path):
+        super().__init__(errno.ENOENT, "no such file", path)
+
+
+@pytest.mark.parametrize(
+    "make, check",
+    [
+        (
+            lambda: OSError(errno.EACCES, "denied"),
+            lambda e: (e.errno, e.strerror) == (errno.EACCES, "denied"),
+        ),
+        (
+            lambda: FileNotFoundError(errno.ENOENT, "gone", "/x"),
+            lambda e: (e.errno, e.filename) == (errno.ENOENT, "/x"),
+        ),
+        (
+            lambda: PathError("/etc/p"),
+            lambda e: (e.errno, e.strerror, e.filename) == (errno.ENOENT, "no such file", "/etc/p"),
+        ),
+        (lambda: KeyError("k"), lambda e: e.args == ("k",) and str(e) == "'k'"),
+        (lambda: StopIteration(5), lambda e: e.value == 5),
+    ],
+    ids=["OSError", "FileNotFoundError", "OSError-subclass-init", "KeyError", "StopIteration"],
+)
+def test_a_waiter_gets_builtin_state_intact(impl, make, check):
+    """Exceptions with C-level state (an OSError's errno) reach every
+    waiter intact: copied by their own built-in __init__, or, when a
+    Python __init__ stands in the way, shared as they are."""
+    for exc in _shared_failure(impl, make):
+        assert check(exc), (exc, exc.args)

@@ -119,3 +119,45 @@ def test_a_waiter_gets_builtin_state_intact(impl, make, check):
     Python __init__ stands in the way, shared as they are."""
     for exc in _shared_failure(impl, make):
         assert check(exc), (exc, exc.args)
+
+
+# -- __init__ run again while a creator runs --------------------------------------------------
+
+
+def test_init_run_again_inside_the_creator_releases_the_lock_taken(impl):
+    """Guards against the compiled core releasing whatever lock the
+    options named at release time: re-initialised from inside its creator
+    (a settings reload), a Dogpile with a custom lock raised LockError
+    "released a creation lock it did not hold" and left the custom lock
+    held for ever.  Both cores return the value and release the lock they
+    took."""
+    custom = threading.Lock()
+    d = impl.Dogpile(60, lock=custom)
+
+    def creator():
+        d.__init__(60)
+        return "v"
+
+    with d.acquire(creator) as value:
+        assert value == "v"
+    assert not custom.locked()
+
+
+def test_init_run_again_with_a_custom_lock_releases_the_builtin_one(impl):
+    """The other way round: the built-in lock was taken, __init__ then
+    named a custom one.  The built-in lock is released (a later caller
+    gets it at once) and the custom one is never released unheld."""
+    custom = threading.Lock()
+    d = impl.Dogpile(60)
+
+    def creator():
+        d.__init__(60, lock=custom)
+        return "v"
+
+    with d.acquire(creator) as value:
+        assert value == "v"
+    assert not custom.locked()
+    d.__init__(60, wait_timeout=DEADLINE)
+    assert d.get(lambda: "again") == "again"
+    assert d.stats()["waited"] == 0, "the built-in lock was still held"
+

@@ -584,16 +584,19 @@ cdef bint _early_due(Dogpile self, double createdtime):
             >= self._expiretime)
 
 
-cdef dp_word _try_take(Dogpile self) except? 0:
+# The options a creation lock was taken under are handed with its tag to
+# _give: __init__ may run again while a creator runs (a settings reload),
+# and the lock to release is the one taken, not the one configured now.
+
+cdef dp_word _try_take(Dogpile self, _Options opts) except? 0:
     """Take the creation lock if it is free: a tag for _give, or 0."""
-    if self._opts is None or self._opts.lock is None:
+    if opts is None or opts.lock is None:
         return dp_try_acquire(&self._word)
-    return 1 if self._opts.lock.acquire(False) else 0
+    return 1 if opts.lock.acquire(False) else 0
 
 
-cdef dp_word _wait_take(Dogpile self) except? 0:
+cdef dp_word _wait_take(Dogpile self, _Options opts) except? 0:
     """Take the creation lock, waiting at most wait_timeout: a tag, or 0."""
-    cdef _Options opts = self._opts
     if opts is None:
         return _wait_word(&self._word, -1.0)
     if opts.lock is None:
@@ -604,9 +607,9 @@ cdef dp_word _wait_take(Dogpile self) except? 0:
     return 1 if opts.lock.acquire(True, timeout=opts.wait_timeout) else 0
 
 
-cdef int _give(Dogpile self, dp_word tag) except -1:
-    if self._opts is not None and self._opts.lock is not None:
-        self._opts.lock.release()
+cdef int _give(Dogpile self, dp_word tag, _Options opts) except -1:
+    if opts is not None and opts.lock is not None:
+        opts.lock.release()
     elif dp_release(&self._word, tag) < 0:
         raise LockError("Dogpile released a creation lock it did not hold")
     elif _green_waiting:
@@ -619,17 +622,18 @@ cdef object _create(Dogpile self, object creator, object value_fn,
     cdef dp_word tag
     cdef _Attempt attempt
     cdef _Attempt prior = None
+    cdef _Options opts = self._opts
     if isnan(self._expiretime):  # __init__ never ran
         raise not_initialised(self)
     if createdtime > 0 and value is not _NO_VALUE:
         # A stale value exists: whoever holds the lock is already
         # creating, so serve the stale value rather than wait.
-        tag = _try_take(self)
+        tag = _try_take(self, opts)
         if not tag:
             self._stale += 1
             return value
     else:
-        tag = _try_take(self)
+        tag = _try_take(self, opts)
         if not tag:
             attempt = self._attempt
             if attempt is not None and attempt.generation != dp_generation:
@@ -644,11 +648,11 @@ cdef object _create(Dogpile self, object creator, object value_fn,
             self._waited += 1
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("%r: no value, waiting for the creator", self)
-            tag = _wait_take(self)
+            tag = _wait_take(self, opts)
             if not tag:
                 self._timeouts += 1
                 raise LockTimeout(
-                    f"no value after waiting {self._opts.wait_timeout} s (wait_timeout) "
+                    f"no value after waiting {opts.wait_timeout} s (wait_timeout) "
                     "for another caller's creator"
                 )
             if attempt is not None:
@@ -656,22 +660,25 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                 if prior.state == _CREATED or prior.state == _FAILED:
                     # The creation we waited for is over: share its outcome
                     # rather than run the creator again for each waiter.
-                    _give(self, tag)
+                    _give(self, tag, opts)
                     return prior.outcome()
                 # Abandoned (its creator raised KeyboardInterrupt, say):
                 # this caller creates, and the others waiting for the same
                 # attempt share this one's outcome through prior.next.
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, False, 0.0, prior)
+    return _locked(self, tag, opts, creator, value_fn, value_and_created_fn, value, False, 0.0,
+                   prior)
 
 
 cdef object _refresh_early(Dogpile self, object creator, object value_fn,
                            object value_and_created_fn, object value, double createdtime):
-    cdef dp_word tag = _try_take(self)
+    cdef _Options opts = self._opts
+    cdef dp_word tag = _try_take(self, opts)
     if not tag:
         self._fresh += 1
         return value
     self._early += 1
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime, None)
+    return _locked(self, tag, opts, creator, value_fn, value_and_created_fn, value, True,
+                   createdtime, None)
 
 
 cdef inline bint _done_by_another(double createdtime, bint early, double seen,
@@ -684,8 +691,8 @@ cdef inline bint _done_by_another(double createdtime, bint early, double seen,
     return not early or createdtime != seen
 
 
-cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
-                    object value_and_created_fn, object value, bint early, double seen,
+cdef object _locked(Dogpile self, dp_word tag, _Options opts, object creator,
+                    object value_fn, object value_and_created_fn, object value, bint early, double seen,
                     _Attempt prior):
     """Holding the lock: create unless someone else just did.  ``prior`` is
     an abandoned attempt whose waiters this one serves."""
@@ -731,6 +738,7 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
             handoff = _Handoff.__new__(_Handoff)
             handoff.dogpile = self
             handoff.tag = tag
+            handoff.opts = opts
             handoff.state = _HELD
             try:
                 future = self._opts.background.submit(
@@ -760,7 +768,7 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
         if attempt is not None:
             _settle(self, attempt)
         if not handed_off:
-            _give(self, tag)
+            _give(self, tag, opts)
 
 
 cdef int _settle(Dogpile self, _Attempt attempt) except -1:
@@ -825,6 +833,7 @@ cdef class _Handoff:
 
     cdef Dogpile dogpile
     cdef dp_word tag
+    cdef _Options opts  # those the lock was taken under
     cdef int state
 
     cdef int release(self) except -1:
@@ -832,7 +841,7 @@ cdef class _Handoff:
             raise TypeError("this _Handoff belongs to no Dogpile")
         if self.state != _RELEASED:
             self.state = _RELEASED
-            _give(self.dogpile, self.tag)
+            _give(self.dogpile, self.tag, self.opts)
         return 0
 
     def release_logged(self, *future):

@@ -4,7 +4,10 @@ against."""
 
 import errno
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -160,4 +163,70 @@ def test_init_run_again_with_a_custom_lock_releases_the_builtin_one(impl):
     d.__init__(60, wait_timeout=DEADLINE)
     assert d.get(lambda: "again") == "again"
     assert d.stats()["waited"] == 0, "the built-in lock was still held"
+
+
+# -- fork while a NameRegistry creator runs ---------------------------------------------------
+
+
+def run_child(impl, body):
+    """Run ``body`` in a fresh interpreter with ``m`` bound to the
+    implementation module; return its last line of output."""
+    script = f"import dogpile.{impl.__name__.split('.')[-1]} as m\n" + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", script],
+        env=dict(os.environ, PYTHONPATH=SRC),
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE * 3,
+    )
+    if proc.returncode < 0:
+        pytest.fail(f"child killed by {signal.Signals(-proc.returncode).name}:\n{proc.stderr}")
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_a_forked_child_can_use_a_registry_whose_creator_was_running(impl):
+    """Guards against a forked child hanging in NameRegistry.get: a parent
+    thread was inside the registry's creator at fork, holding the
+    registry-wide lock, which the child inherited held for ever.  The
+    child (killed by an alarm if it hangs) gets its object."""
+    out = run_child(
+        impl,
+        """
+        import os, signal, threading, warnings
+
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        inside, finish = threading.Event(), threading.Event()
+
+        class Obj:
+            pass
+
+        def creator(key):
+            if key == "slow":
+                inside.set()
+                finish.wait(10)
+            return Obj()
+
+        reg = m.NameRegistry(creator)
+        kept = []
+        t = threading.Thread(target=lambda: kept.append(reg.get("slow")))
+        t.start()
+        assert inside.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)
+            got = reg.get("other")
+            again = reg.get("other")
+            os._exit(0 if isinstance(got, Obj) and got is again else 3)
+        _, status = os.waitpid(pid, 0)
+        finish.set()
+        t.join(10)
+        assert kept and not t.is_alive()
+        if os.WIFSIGNALED(status):
+            print("child killed by", signal.Signals(os.WTERMSIG(status)).name)
+        else:
+            print("child exit", os.WEXITSTATUS(status))
+        """,
+    )
+    assert out == "child exit 0"
 

@@ -1131,6 +1131,7 @@ Keeps one object per identifier for as long as anything references it.
     cdef dict _values
     cdef object _mutex
     cdef object _made_with  # _thread.allocate_lock when _mutex was made
+    cdef dp_word _generation  # dp_generation when _mutex was made
     cdef object __weakref__
 
     def __cinit__(self):
@@ -1139,6 +1140,7 @@ Keeps one object per identifier for as long as anything references it.
         # Reentrant: a creator may look up another identifier.
         self._mutex = _threading.RLock()
         self._made_with = _thread.allocate_lock
+        self._generation = dp_generation
 
     def __init__(self, creator):
         check_callable("creator", creator)
@@ -1154,14 +1156,21 @@ Keeps one object per identifier for as long as anything references it.
         return self._sync_get(identifier, args, kw)
 
     cdef object _sync_get(self, object identifier, tuple args, dict kw):
-        if _thread.allocate_lock is not self._made_with:
+        if _thread.allocate_lock is not self._made_with or self._generation != dp_generation:
             # gevent or eventlet patched threading after this registry was
             # made: its RLock belongs to the OS thread, which every greenlet
             # shares, so it would let them all in at once.  A new one, made
             # from the patched module, tells them apart.  (Nothing holds the
             # old one: every acquisition since the patching came here first.)
-            self._mutex = _threading.RLock()
-            self._made_with = _thread.allocate_lock
+            # Or this is a forked child, where a parent thread that was
+            # inside the creator holds the old one for ever.
+            mutex = _threading.RLock()
+            # Checked again: making it ran Python code, and another thread
+            # may have renewed first (the first one must stay the only one).
+            if _thread.allocate_lock is not self._made_with or self._generation != dp_generation:
+                self._mutex = mutex
+                self._made_with = _thread.allocate_lock
+                self._generation = dp_generation
         with self._mutex:
             ref = self._values.get(identifier)
             if ref is not None:

@@ -230,3 +230,48 @@ def test_a_forked_child_can_use_a_registry_whose_creator_was_running(impl):
     )
     assert out == "child exit 0"
 
+
+# -- a Lock whose __init__ never ran ----------------------------------------------------------
+
+
+def _unready_locks(impl):
+    class Skips(impl.Lock):
+        def __init__(self):
+            pass
+
+    return [(impl.Lock.__new__(impl.Lock), "Lock"), (Skips(), "Skips")]
+
+
+def test_a_lock_built_without_init_gives_the_same_clear_error(impl):
+    """Guards against Lock.__new__(Lock) reading expiretime 0.0 and
+    raising "value_and_created_fn must be callable" (compiled) against an
+    AttributeError (twin): both read a nan expiretime and refuse to be
+    used with the RuntimeError an uninitialised Dogpile gives."""
+    for lock, name in _unready_locks(impl):
+        assert lock.expiretime != lock.expiretime
+        with pytest.raises(
+            RuntimeError,
+            match=rf"^this {name} was never initialised: Lock\.__init__\(\) did not run "
+            r"\(a subclass's __init__ must call super\(\)\.__init__\(mutex, creator, ",
+        ):
+            with lock:
+                pass
+
+
+def test_a_lock_built_without_init_works_once_given_everything(impl):
+    """As with a Dogpile, a Lock given its attributes (expiretime last) by
+    hand works; one given all but the expiretime is still refused."""
+    for lock, _ in _unready_locks(impl):
+        lock.mutex = threading.Lock()
+        lock.creator = lambda: ("made", 1e12)
+        lock.value_and_created_fn = lambda: ("stale", 1.0)
+        lock.async_creator = None
+        with pytest.raises(RuntimeError, match="was never initialised"):
+            with lock:
+                pass
+        assert not lock.mutex.locked()
+        lock.expiretime = 10
+        with lock as value:
+            assert value == "made"
+        assert lock.expiretime == 10.0 and not lock.mutex.locked()
+        assert impl.Lock(lock.mutex, lock.creator, lock.value_and_created_fn, 10).expiretime == 10

@@ -1016,12 +1016,16 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
     cdef public object value_and_created_fn
     cdef public object async_creator
     cdef double _expiretime
+    # Set with the expiretime: false in a Lock whose __init__ never ran
+    # (zero-filled, where a nan would cost a __cinit__ call per Lock).
+    cdef bint _ready
 
     def __init__(self, mutex, creator, value_and_created_fn, expiretime, async_creator=None):
         # The functions are checked when they are first needed, before
         # anything is locked, as in the Python twin (where checks here would
         # tax every use).
         self._expiretime = _seconds(expiretime)
+        self._ready = True
         self.mutex = mutex
         self.creator = creator
         self.value_and_created_fn = value_and_created_fn
@@ -1030,11 +1034,12 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
     @property
     def expiretime(self):
         """Seconds a value stays fresh, or None for never."""
-        return expiretime_public(self._expiretime)
+        return expiretime_public(self._expiretime if self._ready else NAN)
 
     @expiretime.setter
     def expiretime(self, value):
         self._expiretime = _seconds(value)
+        self._ready = True
 
     @cython.always_allow_keywords(False)  # METH_NOARGS, as _Acquisition's
     def __enter__(self):
@@ -1044,6 +1049,8 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         except NeedRegenerationException:
             return self._create(_NO_VALUE, -1.0)
         except TypeError:
+            if not self._ready:
+                raise not_initialised(self, "Lock") from None
             check_callable("value_and_created_fn", self.value_and_created_fn)
             raise
         value = _pair(pair, "value_and_created_fn", &createdtime)
@@ -1055,6 +1062,8 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         cdef object mutex = self.mutex
         cdef bint has_value = createdtime > 0 and value is not _NO_VALUE
         cdef bint handed_off = False
+        if not self._ready:
+            raise not_initialised(self, "Lock")
         if not callable(self.creator):
             check_callable("creator", self.creator)
         if self.async_creator is not None and not callable(self.async_creator):
@@ -1348,6 +1357,7 @@ cdef object _fast_new_lock(object mutex, object creator, object value_and_create
     # Lock.__init__, for the positional call (_fastcall.h).
     cdef Lock lock = Lock.__new__(Lock)
     lock._expiretime = _seconds(expiretime)
+    lock._ready = True
     lock.mutex = mutex
     lock.creator = creator
     lock.value_and_created_fn = value_and_created_fn

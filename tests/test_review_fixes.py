@@ -2,8 +2,10 @@
 more) each, on both cores.  Each docstring names the failure it guards
 against."""
 
+import copy
 import errno
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -275,3 +277,18 @@ def test_a_lock_built_without_init_works_once_given_everything(impl):
             assert value == "made"
         assert lock.expiretime == 10.0 and not lock.mutex.locked()
         assert impl.Lock(lock.mutex, lock.creator, lock.value_and_created_fn, 10).expiretime == 10
+
+
+@pytest.mark.parametrize("how", [copy.copy, lambda o: pickle.loads(pickle.dumps(o))])
+def test_a_copy_of_a_lock_built_without_init_is_as_unready(impl, how):
+    """Guards against the compiled core copying such a Lock into a working
+    one with expiretime 0.0 (its __reduce__ called Lock(..., 0.0, ...)):
+    in both cores the copy is refused use as the original is."""
+    lock = impl.Lock.__new__(impl.Lock)
+    lock.creator = len
+    again = how(lock)
+    assert type(again) is impl.Lock and again.creator is len
+    assert again.expiretime != again.expiretime
+    with pytest.raises(RuntimeError, match="this Lock was never initialised"):
+        with again:
+            pass

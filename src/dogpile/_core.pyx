@@ -38,6 +38,7 @@ from libc.math cimport INFINITY, NAN, isnan, log
 from libc.stdint cimport uint64_t
 
 import _thread
+import copyreg as _copyreg
 import logging as _logging
 import os as _os
 import threading as _threading
@@ -1112,6 +1113,12 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         pass
 
     def __reduce__(self):
+        if not self._ready:
+            # A copy as unready as this one, as the twin's slots give.
+            return (_copyreg.__newobj__, (type(self),),
+                    (None, {"mutex": self.mutex, "creator": self.creator,
+                            "value_and_created_fn": self.value_and_created_fn,
+                            "async_creator": self.async_creator}))
         return (Lock, (self.mutex, self.creator, self.value_and_created_fn,
                        expiretime_public(self._expiretime), self.async_creator))
 

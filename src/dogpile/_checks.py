@@ -202,11 +202,17 @@ def check_lock_timeout(lock: Any) -> None:
     )
 
 
-def not_initialised(obj: Any) -> RuntimeError:
-    """The error for a Dogpile whose ``__init__`` never ran (a subclass
-    whose ``__init__`` does not call ``super().__init__()``, or
-    ``Dogpile.__new__(Dogpile)``)."""
+def not_initialised(obj: Any, base: str = "Dogpile") -> RuntimeError:
+    """The error for a Dogpile (or, with ``base="Lock"``, a Lock) whose
+    ``__init__`` never ran (a subclass whose ``__init__`` does not call
+    ``super().__init__()``, or ``Dogpile.__new__(Dogpile)``)."""
     return RuntimeError(
-        f"this {_kind(obj)} was never initialised: Dogpile.__init__() did not run "
-        "(a subclass's __init__ must call super().__init__(expiretime, ...))"
+        f"this {_kind(obj)} was never initialised: {base}.__init__() did not run "
+        f"(a subclass's __init__ must call super().__init__({_INIT_ARGS[base]}))"
     )
+
+
+_INIT_ARGS = {
+    "Dogpile": "expiretime, ...",
+    "Lock": "mutex, creator, value_and_created_fn, expiretime, ...",
+}

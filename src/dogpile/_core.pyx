@@ -40,6 +40,7 @@ from libc.math cimport INFINITY, NAN, isnan, log
 from libc.stdint cimport uint64_t
 
 import _thread
+import copyreg as _copyreg
 import logging as _logging
 import os as _os
 import threading as _threading
@@ -587,16 +588,19 @@ cdef bint _early_due(Dogpile self, double createdtime):
             >= self._expiretime)
 
 
-cdef dp_word _try_take(Dogpile self) except? 0:
+# The options a creation lock was taken under are handed with its tag to
+# _give: __init__ may run again while a creator runs (a settings reload),
+# and the lock to release is the one taken, not the one configured now.
+
+cdef dp_word _try_take(Dogpile self, _Options opts) except? 0:
     """Take the creation lock if it is free: a tag for _give, or 0."""
-    if self._opts is None or self._opts.lock is None:
+    if opts is None or opts.lock is None:
         return dp_try_acquire(&self._word)
-    return 1 if self._opts.lock.acquire(False) else 0
+    return 1 if opts.lock.acquire(False) else 0
 
 
-cdef dp_word _wait_take(Dogpile self) except? 0:
+cdef dp_word _wait_take(Dogpile self, _Options opts) except? 0:
     """Take the creation lock, waiting at most wait_timeout: a tag, or 0."""
-    cdef _Options opts = self._opts
     if opts is None:
         return _wait_word(&self._word, -1.0)
     if opts.lock is None:
@@ -607,9 +611,9 @@ cdef dp_word _wait_take(Dogpile self) except? 0:
     return 1 if opts.lock.acquire(True, timeout=opts.wait_timeout) else 0
 
 
-cdef int _give(Dogpile self, dp_word tag) except -1:
-    if self._opts is not None and self._opts.lock is not None:
-        self._opts.lock.release()
+cdef int _give(Dogpile self, dp_word tag, _Options opts) except -1:
+    if opts is not None and opts.lock is not None:
+        opts.lock.release()
     elif dp_release(&self._word, tag) < 0:
         raise LockError("Dogpile released a creation lock it did not hold")
     elif _green_waiting:
@@ -622,17 +626,18 @@ cdef object _create(Dogpile self, object creator, object value_fn,
     cdef dp_word tag
     cdef _Attempt attempt
     cdef _Attempt prior = None
+    cdef _Options opts = self._opts
     if isnan(self._expiretime):  # __init__ never ran
         raise not_initialised(self)
     if createdtime > 0 and value is not _NO_VALUE:
         # A stale value exists: whoever holds the lock is already
         # creating, so serve the stale value rather than wait.
-        tag = _try_take(self)
+        tag = _try_take(self, opts)
         if not tag:
             self._stale += 1
             return value
     else:
-        tag = _try_take(self)
+        tag = _try_take(self, opts)
         if not tag:
             attempt = self._attempt
             if attempt is not None and attempt.generation != dp_generation:
@@ -647,11 +652,11 @@ cdef object _create(Dogpile self, object creator, object value_fn,
             self._waited += 1
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("%r: no value, waiting for the creator", self)
-            tag = _wait_take(self)
+            tag = _wait_take(self, opts)
             if not tag:
                 self._timeouts += 1
                 raise LockTimeout(
-                    f"no value after waiting {self._opts.wait_timeout} s (wait_timeout) "
+                    f"no value after waiting {opts.wait_timeout} s (wait_timeout) "
                     "for another caller's creator"
                 )
             if attempt is not None:
@@ -659,22 +664,25 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                 if prior.state == _CREATED or prior.state == _FAILED:
                     # The creation we waited for is over: share its outcome
                     # rather than run the creator again for each waiter.
-                    _give(self, tag)
+                    _give(self, tag, opts)
                     return prior.outcome()
                 # Abandoned (its creator raised KeyboardInterrupt, say):
                 # this caller creates, and the others waiting for the same
                 # attempt share this one's outcome through prior.next.
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, False, 0.0, prior)
+    return _locked(self, tag, opts, creator, value_fn, value_and_created_fn, value, False, 0.0,
+                   prior)
 
 
 cdef object _refresh_early(Dogpile self, object creator, object value_fn,
                            object value_and_created_fn, object value, double createdtime):
-    cdef dp_word tag = _try_take(self)
+    cdef _Options opts = self._opts
+    cdef dp_word tag = _try_take(self, opts)
     if not tag:
         self._fresh += 1
         return value
     self._early += 1
-    return _locked(self, tag, creator, value_fn, value_and_created_fn, value, True, createdtime, None)
+    return _locked(self, tag, opts, creator, value_fn, value_and_created_fn, value, True,
+                   createdtime, None)
 
 
 cdef inline bint _done_by_another(double createdtime, bint early, double seen,
@@ -687,8 +695,8 @@ cdef inline bint _done_by_another(double createdtime, bint early, double seen,
     return not early or createdtime != seen
 
 
-cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
-                    object value_and_created_fn, object value, bint early, double seen,
+cdef object _locked(Dogpile self, dp_word tag, _Options opts, object creator,
+                    object value_fn, object value_and_created_fn, object value, bint early, double seen,
                     _Attempt prior):
     """Holding the lock: create unless someone else just did.  ``prior`` is
     an abandoned attempt whose waiters this one serves."""
@@ -734,6 +742,7 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
             handoff = _Handoff.__new__(_Handoff)
             handoff.dogpile = self
             handoff.tag = tag
+            handoff.opts = opts
             handoff.state = _HELD
             try:
                 future = self._opts.background.submit(
@@ -763,7 +772,7 @@ cdef object _locked(Dogpile self, dp_word tag, object creator, object value_fn,
         if attempt is not None:
             _settle(self, attempt)
         if not handed_off:
-            _give(self, tag)
+            _give(self, tag, opts)
 
 
 cdef int _settle(Dogpile self, _Attempt attempt) except -1:
@@ -828,6 +837,7 @@ cdef class _Handoff:
 
     cdef Dogpile dogpile
     cdef dp_word tag
+    cdef _Options opts  # those the lock was taken under
     cdef int state
 
     cdef int release(self) except -1:
@@ -835,7 +845,7 @@ cdef class _Handoff:
             raise TypeError("this _Handoff belongs to no Dogpile")
         if self.state != _RELEASED:
             self.state = _RELEASED
-            _give(self.dogpile, self.tag)
+            _give(self.dogpile, self.tag, self.opts)
         return 0
 
     def release_logged(self, *future):
@@ -1010,12 +1020,16 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
     cdef public object value_and_created_fn
     cdef public object async_creator
     cdef double _expiretime
+    # Set with the expiretime: false in a Lock whose __init__ never ran
+    # (zero-filled, where a nan would cost a __cinit__ call per Lock).
+    cdef bint _ready
 
     def __init__(self, mutex, creator, value_and_created_fn, expiretime, async_creator=None):
         # The functions are checked when they are first needed, before
         # anything is locked, as in the Python twin (where checks here would
         # tax every use).
         self._expiretime = _seconds(expiretime)
+        self._ready = True
         self.mutex = mutex
         self.creator = creator
         self.value_and_created_fn = value_and_created_fn
@@ -1024,11 +1038,12 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
     @property
     def expiretime(self):
         """Seconds a value stays fresh, or None for never."""
-        return expiretime_public(self._expiretime)
+        return expiretime_public(self._expiretime if self._ready else NAN)
 
     @expiretime.setter
     def expiretime(self, value):
         self._expiretime = _seconds(value)
+        self._ready = True
 
     @cython.always_allow_keywords(False)  # METH_NOARGS, as _Acquisition's
     def __enter__(self):
@@ -1038,6 +1053,8 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         except NeedRegenerationException:
             return self._create(_NO_VALUE, -1.0)
         except TypeError:
+            if not self._ready:
+                raise not_initialised(self, "Lock") from None
             check_callable("value_and_created_fn", self.value_and_created_fn)
             raise
         value = _pair(pair, "value_and_created_fn", &createdtime)
@@ -1049,6 +1066,8 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         cdef object mutex = self.mutex
         cdef bint has_value = createdtime > 0 and value is not _NO_VALUE
         cdef bint handed_off = False
+        if not self._ready:
+            raise not_initialised(self, "Lock")
         if not callable(self.creator):
             check_callable("creator", self.creator)
         if self.async_creator is not None and not callable(self.async_creator):
@@ -1097,6 +1116,12 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         pass
 
     def __reduce__(self):
+        if not self._ready:
+            # A copy as unready as this one, as the twin's slots give.
+            return (_copyreg.__newobj__, (type(self),),
+                    (None, {"mutex": self.mutex, "creator": self.creator,
+                            "value_and_created_fn": self.value_and_created_fn,
+                            "async_creator": self.async_creator}))
         return (Lock, (self.mutex, self.creator, self.value_and_created_fn,
                        expiretime_public(self._expiretime), self.async_creator))
 
@@ -1125,6 +1150,7 @@ Keeps one object per identifier for as long as anything references it.
     cdef dict _values
     cdef object _mutex
     cdef object _made_with  # _thread.allocate_lock when _mutex was made
+    cdef dp_word _generation  # dp_generation when _mutex was made
     cdef object __weakref__
 
     def __cinit__(self):
@@ -1133,6 +1159,7 @@ Keeps one object per identifier for as long as anything references it.
         # Reentrant: a creator may look up another identifier.
         self._mutex = _threading.RLock()
         self._made_with = _thread.allocate_lock
+        self._generation = dp_generation
 
     def __init__(self, creator):
         check_callable("creator", creator)
@@ -1148,14 +1175,21 @@ Keeps one object per identifier for as long as anything references it.
         return self._sync_get(identifier, args, kw)
 
     cdef object _sync_get(self, object identifier, tuple args, dict kw):
-        if _thread.allocate_lock is not self._made_with:
+        if _thread.allocate_lock is not self._made_with or self._generation != dp_generation:
             # gevent or eventlet patched threading after this registry was
             # made: its RLock belongs to the OS thread, which every greenlet
             # shares, so it would let them all in at once.  A new one, made
             # from the patched module, tells them apart.  (Nothing holds the
             # old one: every acquisition since the patching came here first.)
-            self._mutex = _threading.RLock()
-            self._made_with = _thread.allocate_lock
+            # Or this is a forked child, where a parent thread that was
+            # inside the creator holds the old one for ever.
+            mutex = _threading.RLock()
+            # Checked again: making it ran Python code, and another thread
+            # may have renewed first (the first one must stay the only one).
+            if _thread.allocate_lock is not self._made_with or self._generation != dp_generation:
+                self._mutex = mutex
+                self._made_with = _thread.allocate_lock
+                self._generation = dp_generation
         with self._mutex:
             ref = self._values.get(identifier)
             if ref is not None:
@@ -1333,6 +1367,7 @@ cdef object _fast_new_lock(object mutex, object creator, object value_and_create
     # Lock.__init__, for the positional call (_fastcall.h).
     cdef Lock lock = Lock.__new__(Lock)
     lock._expiretime = _seconds(expiretime)
+    lock._ready = True
     lock.mutex = mutex
     lock.creator = creator
     lock.value_and_created_fn = value_and_created_fn

@@ -434,19 +434,28 @@ class Lock:
     @property
     def expiretime(self) -> Optional[float]:
         """Seconds a value stays fresh, or None for never."""
-        return expiretime_public(self._expiretime)
+        # nan, as the compiled core reads, until __init__ or this setter ran
+        return expiretime_public(getattr(self, "_expiretime", _NAN))
 
     @expiretime.setter
     def expiretime(self, value: Optional[float]) -> None:
         self._expiretime = _seconds(value)
 
     def __enter__(self) -> Any:
+        # An unset slot is how a Lock whose __init__ never ran shows here:
+        # the check waits for the error, off the path of every use.
         try:
             pair = self.value_and_created_fn()
         except NeedRegenerationException:
             return _threads.lock_create(self, _NO_VALUE, -1.0)
         except TypeError:
+            if not hasattr(self, "_expiretime"):
+                raise not_initialised(self, "Lock") from None
             check_callable("value_and_created_fn", self.value_and_created_fn)
+            raise
+        except AttributeError:
+            if not hasattr(self, "_expiretime"):
+                raise not_initialised(self, "Lock") from None
             raise
         # _pair and _is_expired inlined, with attribute reads in place of
         # builtin calls: this is the fresh-hit path, and every call counts
@@ -461,7 +470,10 @@ class Lock:
         else:
             value, createdtime = unpack_pair(pair, "value_and_created_fn")
         if createdtime > 0:
-            expiretime = self._expiretime
+            try:  # free on 3.11+; one cheap instruction before
+                expiretime = self._expiretime
+            except AttributeError:  # __init__ never ran: lock_create says so
+                return _threads.lock_create(self, value, createdtime)
             age = _now() - createdtime
             if -expiretime <= age <= expiretime:
                 return value

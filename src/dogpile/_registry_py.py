@@ -7,6 +7,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
+from . import _threads
 from ._checks import check_callable
 from ._errors import LockError
 
@@ -39,7 +40,7 @@ class NameRegistry(_StateFirst):
     the object must support weak references.
     """
 
-    __slots__ = ("creator", "_values", "_mutex", "_made_with", "__weakref__")
+    __slots__ = ("creator", "_values", "_mutex", "_made_with", "_generation", "__weakref__")
 
     def _fresh_state(self) -> None:
         self.creator: Callable[..., Any] = None  # type: ignore[assignment]  # until __init__
@@ -47,6 +48,7 @@ class NameRegistry(_StateFirst):
         # Reentrant: a creator may look up another identifier.
         self._mutex = threading.RLock()
         self._made_with = _thread.allocate_lock
+        self._generation = _threads.fork_generation
 
     def __init__(self, creator: Callable[..., Any]) -> None:
         check_callable("creator", creator)
@@ -62,14 +64,26 @@ class NameRegistry(_StateFirst):
         return self._sync_get(identifier, args, kw)
 
     def _sync_get(self, identifier: Any, args: Any, kw: Any) -> Any:
-        if _thread.allocate_lock is not self._made_with:
+        if (
+            _thread.allocate_lock is not self._made_with
+            or self._generation != _threads.fork_generation
+        ):
             # gevent or eventlet patched threading after this registry was
             # made: its RLock belongs to the OS thread, which every greenlet
             # shares, so it would let them all in at once.  A new one, made
             # from the patched module, tells them apart.  (Nothing holds the
             # old one: every acquisition since the patching came here first.)
-            self._mutex = threading.RLock()
-            self._made_with = _thread.allocate_lock
+            # Or this is a forked child, where a parent thread that was
+            # inside the creator holds the old one for ever.
+            with _threads._fork_guard:
+                # Checked again: the first thread to renew must stay the only one.
+                if (
+                    _thread.allocate_lock is not self._made_with
+                    or self._generation != _threads.fork_generation
+                ):
+                    self._mutex = threading.RLock()
+                    self._made_with = _thread.allocate_lock
+                    self._generation = _threads.fork_generation
         with self._mutex:
             ref = self._values.get(identifier)
             if ref is not None:

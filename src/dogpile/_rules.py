@@ -206,7 +206,7 @@ def raised_again(exc: BaseException, traceback: Any) -> BaseException:
     exception that cannot be copied as its type is raised itself, with the
     creator's traceback."""
     try:
-        again = copy.copy(exc)
+        again = _exception_copy(exc)
     except Exception:
         again = None
     if type(again) is not type(exc) or again is exc:
@@ -214,7 +214,39 @@ def raised_again(exc: BaseException, traceback: Any) -> BaseException:
     again.__cause__ = exc.__cause__
     again.__context__ = exc.__context__
     again.__suppress_context__ = exc.__suppress_context__
+    notes = getattr(exc, "__notes__", None)
+    if type(notes) is list:
+        # Its own list: a note a waiter adds is not the others'.
+        again.__notes__ = list(notes)  # type: ignore[attr-defined]
     return again.with_traceback(traceback)
+
+
+def _exception_copy(exc: BaseException) -> Any:
+    """A copy of ``exc`` made without running a ``__init__`` written in
+    Python: copy.copy would call it again with ``args``, and one that
+    formats its own message (``super().__init__(f"failed: {code}")``) would
+    format it twice, its side effects running once per waiter.  None when
+    there is C-level state (an OSError's errno, set by its __init__) that
+    only a built-in ``__init__`` knows how to set."""
+    cls = type(exc)
+    base = next(t for t in cls.__mro__ if not t.__flags__ & _HEAPTYPE)
+    if cls.__init__ is base.__init__:  # type: ignore[misc]
+        # No __init__ of its own: calling the built-in one again is how the
+        # C-level state is remade.
+        return copy.copy(exc)
+    if base.__basicsize__ != BaseException.__basicsize__:
+        return None
+    again = cls.__new__(cls, *exc.args)
+    if type(again) is not cls:
+        return None
+    again.args = exc.args
+    state = exc.__dict__
+    if state:
+        again.__dict__.update(state)
+    return again
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
 
 
 # -- the counts ----------------------------------------------------------------------

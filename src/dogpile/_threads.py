@@ -363,6 +363,8 @@ def _release_when_done(future: Any, handoff: Handoff) -> None:
 
 def lock_create(lock: Any, value: Any, createdtime: float) -> Any:
     """``Lock``'s slow path: no fresh value was read."""
+    if not hasattr(lock, "_expiretime"):
+        raise not_initialised(lock, "Lock")
     mutex = lock.mutex
     has_value = has_stale(value, createdtime)
     check_callable("creator", lock.creator)

@@ -126,9 +126,8 @@ class Attempt:
     ``owner`` is who runs it (a thread or greenlet ident, an asyncio task),
     so that a creator that asks for its own value is refused instead of
     waiting for itself.  ``generation`` is the fork generation it began in
-    (threads) and ``serial`` its place among creations (tasks): each driver
-    uses the one that tells it whether the attempt is the one it waited
-    for."""
+    (threads) and ``serial`` its place among the creations of its lock:
+    they tell a waiter whether the attempt is the one it waited for."""
 
     __slots__ = ("owner", "generation", "serial", "state", "result", "traceback", "next")
 

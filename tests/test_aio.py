@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import weakref
 
 import pytest
@@ -461,8 +462,11 @@ def test_a_failing_coroutine_creator_is_shared_by_its_waiters_and_retried_after(
         creator.gate.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         assert creator.calls == 1
-        assert all(isinstance(r, Boom) for r in results)
-        assert len({id(r) for r in results}) == 1, "the one exception, raised in each"
+        # The creating task raises the creator's exception itself, each
+        # waiting task its own copy of it (see the traceback tests below).
+        assert all(type(r) is Boom and r.args == ("backend down",) for r in results)
+        assert [r is creator.error for r in results].count(True) == 1
+        assert len({id(r) for r in results}) == len(results), "a copy in each waiter"
         assert not lock_of(d).locked()
         assert d.stats()["failed"] == 1 and d.stats()["created"] == 1
         # The next caller tries again.
@@ -494,6 +498,93 @@ def test_the_shared_exception_keeps_a_bounded_traceback(AsyncDogpile):
             depth += 1
             tb = tb.tb_next
         assert depth < 30, f"traceback of {depth} frames: it grew with each waiter"
+
+    run(main)
+
+
+def _frame_names(exc):
+    return [frame.name for frame in traceback.extract_tb(exc.__traceback__)]
+
+
+def test_each_waiting_task_raises_its_own_copy_with_its_own_traceback(AsyncDogpile):
+    """Guards against the one exception object raised in every waiting
+    task: a task still handling it (awaiting, say, an async log call) saw
+    its traceback replaced by the next waiter's frames.  Each waiting task
+    raises a copy: the creator's exception in all but identity (type, args,
+    attributes, cause, context), with the creator's frames and its own."""
+
+    class Detailed(Exception):
+        pass
+
+    async def main():
+        d = AsyncDogpile(60)
+        entered, gate, handled = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def creator():
+            entered.set()
+            await gate.wait()
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                exc = Detailed("backend down", 42)
+                exc.detail = "kept"
+                raise exc from inner
+
+        async def first():
+            try:
+                await d.get(creator)
+            except Detailed as exc:
+                return exc
+
+        async def waiter_a():
+            try:
+                await d.get(creator)
+            except Detailed as exc:
+                before = _frame_names(exc)
+                await handled.wait()  # still handling it while waiter_b raises
+                return exc, before, _frame_names(exc)
+
+        async def deep_in_b():
+            await d.get(creator)
+
+        async def waiter_b():
+            try:
+                await deep_in_b()
+            except Detailed as exc:
+                handled.set()
+                return exc
+
+        making = asyncio.ensure_future(first())
+        await entered.wait()
+        a = asyncio.ensure_future(waiter_a())
+        await wait_until(lambda: d.stats()["waited"] == 1, "waiter_a waiting")
+        b = asyncio.ensure_future(waiter_b())
+        await wait_until(lambda: d.stats()["waited"] == 2, "waiter_b waiting")
+        gate.set()
+        original, (exc_a, before, after), exc_b = await asyncio.gather(making, a, b)
+        assert d.stats()["created"] == 1 and d.stats()["failed"] == 1
+
+        assert after == before, "waiter_a's traceback changed while it handled it"
+        creators = _frame_names(original)
+        assert creators[-1] == "creator" and "waiter_a" not in creators
+        assert before[0] == "waiter_a" and "deep_in_b" not in before
+        assert before[-1] == "creator"
+        names_b = _frame_names(exc_b)
+        assert names_b[:2] == ["waiter_b", "deep_in_b"] and "waiter_a" not in names_b
+        assert names_b[-1] == "creator"
+        # Bounded: the creator's frames, the driver's and the task's own.
+        assert len(before) < 30 and len(names_b) < 30
+        # Distinct objects, equal in all but identity.
+        assert len({id(original), id(exc_a), id(exc_b)}) == 3
+        for exc in (exc_a, exc_b):
+            assert type(exc) is Detailed
+            assert exc.args == original.args == ("backend down", 42)
+            assert str(exc) == str(original)
+            assert exc.detail == "kept"
+            assert exc.__cause__ is original.__cause__
+            assert isinstance(exc.__cause__, KeyError)
+            assert exc.__context__ is original.__context__
+            assert exc.__suppress_context__ is True
 
     run(main)
 

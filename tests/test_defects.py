@@ -402,6 +402,72 @@ def test_a_waiter_arriving_during_the_recheck_shares_the_outcome(impl):
     assert len(errors) == 2
 
 
+class _PausingLock:
+    """A lock whose first successful acquire() pauses after taking it,
+    before returning: the holder has the lock but has not yet published its
+    attempt (a thread switch there in the twin; Python code in a custom
+    lock's acquire in either core)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.taken, self.go_on, self.blocking = (threading.Event() for _ in range(3))
+        self._paused = False
+
+    def acquire(self, blocking=True, timeout=-1):
+        if blocking:
+            self.blocking.set()
+            got = self._lock.acquire(True, DEADLINE if timeout == -1 else timeout)
+            assert got, "blocking acquire() still waiting: lock leaked?"
+            return got
+        got = self._lock.acquire(False)
+        if got and not self._paused:
+            self._paused = True
+            self.taken.set()
+            assert self.go_on.wait(DEADLINE)
+        return got
+
+    def release(self):
+        self._lock.release()
+
+
+def test_a_waiter_arriving_before_the_attempt_is_published_shares_the_failure(impl):
+    """Guards against a caller that came between the holder's taking the
+    lock and its publishing the attempt: it waited with no attempt recorded,
+    then ran the failing creator a second time."""
+    lock = _PausingLock()
+    d = impl.Dogpile(3600, lock=lock)
+    calls, errors = [], []
+
+    def creator():
+        calls.append(1)
+        raise Boom("no value", len(calls))
+
+    def caller(i):
+        if i == 1:
+            assert lock.taken.wait(DEADLINE)
+        try:
+            d.get(creator)
+        except Boom as exc:
+            errors.append(exc)
+
+    def release():
+        assert lock.blocking.wait(DEADLINE)  # the second caller waits
+        lock.go_on.set()
+
+    t = threading.Thread(target=release, daemon=True)
+    t.start()
+    run_threads(caller, 2)
+    t.join(DEADLINE)
+    assert calls == [1], "the waiter ran the failing creator again"
+    assert [e.args for e in errors] == [("no value", 1)] * 2
+    assert d.stats()["failed"] == 1 and d.stats()["waited"] == 1
+    assert not lock._lock.locked()
+    # A caller that comes after the failure tries again.
+    with pytest.raises(Boom):
+        d.get(creator)
+    assert calls == [1, 1]
+
+
 def test_aio_a_waiter_arriving_during_the_recheck_shares_the_outcome(classes):
     """The same on dogpile.aio (which got it right already)."""
     import asyncio

@@ -265,11 +265,27 @@ def test_a_creator_waiting_for_its_own_value_is_refused():
         attempt.refuse_its_owner(42, "Dogpile")
 
 
-def test_a_task_waiter_raises_the_one_exception():
+def test_each_waiter_thread_or_task_raises_its_own_copy():
     attempt = _failed()
-    with pytest.raises(Boom) as info:
-        attempt.outcome_in_task()
-    assert info.value is attempt.result
+    original = attempt.result
+    creators = original.__traceback__
+    raised = []
+    for _ in range(2):
+        with pytest.raises(Boom) as info:
+            attempt.outcome()
+        raised.append(info.value)
+    first, second = raised
+    assert first is not second and original not in raised
+    assert first.code == second.code == 7
+    # Each is its own frames, then the creator's traceback, which neither
+    # raise touches.
+    for exc in raised:
+        tb, own = exc.__traceback__, 0
+        while tb is not None and tb is not attempt.traceback:
+            tb, own = tb.tb_next, own + 1
+        assert tb is attempt.traceback and own <= 2
+    assert original.__traceback__ is creators
+    assert not hasattr(_rules.Attempt, "outcome_in_task")
 
 
 def test_an_abandoned_attempt_hands_its_waiters_to_the_one_that_took_over():

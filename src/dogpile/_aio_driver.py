@@ -235,7 +235,7 @@ async def create(
             return value
         shared = await wait(state, mutex)
         if shared is not None:
-            return shared.outcome_in_task()
+            return shared.outcome()
     return await locked(state, mutex, creator, value_fn, value_and_created_fn, value, None)
 
 

@@ -320,6 +320,7 @@ cdef class _Attempt:
 
     cdef uint64_t owner       # _ident() of the caller running the creator
     cdef dp_word generation
+    cdef unsigned long long serial  # its place among its custom lock's attempts
     cdef int state
     cdef object result
     cdef object traceback
@@ -351,11 +352,22 @@ cdef class _Attempt:
         return self.result
 
 
-cdef _Attempt _new_attempt():
+cdef _Attempt _new_attempt(Dogpile self):
+    """A new attempt, published for the callers that come to wait for it."""
     cdef _Attempt attempt = _Attempt.__new__(_Attempt)
+    cdef _Options opts = self._opts
     attempt.owner = _ident()
     attempt.generation = dp_generation
     attempt.state = _PENDING
+    attempt.serial = 0 if opts is None else opts.serial + 1
+    self._attempt = attempt
+    if opts is not None and opts.lock is not None:
+        # Odd while an attempt is pending: see the twin's _publish.  Only
+        # the lock's holder gets here, so the serial needs no lock.  The
+        # last failure is kept only for callers that began waiting before
+        # this attempt; they wait for this one too now.
+        opts.failure = None
+        opts.serial = attempt.serial
     return attempt
 
 
@@ -370,6 +382,11 @@ cdef class _Options:
     cdef double beta          # early_refresh; 0: off
     cdef double delta         # seconds the last creation took
     cdef bint retry_here      # the last background job never ran
+    # With a custom lock, whose acquire() runs Python code after taking it:
+    # how many attempts were published, and the last one that failed
+    # (until the next is published); see _create.
+    cdef unsigned long long serial
+    cdef _Attempt failure
 
 
 cdef class Dogpile:
@@ -627,6 +644,7 @@ cdef object _create(Dogpile self, object creator, object value_fn,
     cdef _Attempt attempt
     cdef _Attempt prior = None
     cdef _Options opts = self._opts
+    cdef unsigned long long arrived = 0
     if isnan(self._expiretime):  # __init__ never ran
         raise not_initialised(self)
     if createdtime > 0 and value is not _NO_VALUE:
@@ -637,6 +655,9 @@ cdef object _create(Dogpile self, object creator, object value_fn,
             self._stale += 1
             return value
     else:
+        if opts is not None:
+            # Read before trying the lock: see below.
+            arrived = opts.serial
         tag = _try_take(self, opts)
         if not tag:
             attempt = self._attempt
@@ -661,6 +682,17 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                 )
             if attempt is not None:
                 prior = attempt.last()
+            elif self._opts is not None and self._opts.lock is not None:
+                # The holder had not published its attempt yet (its custom
+                # lock's acquire() was still running Python code; the native
+                # lock is taken and the attempt published with no Python
+                # code between), or it ended before this caller looked.  A
+                # failure that had not ended when this caller arrived is the
+                # one it waited for.
+                prior = self._opts.failure
+                if prior is not None and prior.serial < arrived:
+                    prior = None
+            if prior is not None:
                 if prior.state == _CREATED or prior.state == _FAILED:
                     # The creation we waited for is over: share its outcome
                     # rather than run the creator again for each waiter.
@@ -709,7 +741,7 @@ cdef object _locked(Dogpile self, dp_word tag, _Options opts, object creator,
         # Published before the value is read again, so that a caller
         # arriving meanwhile waits for this attempt and shares its outcome
         # instead of running the creator once more after it.
-        attempt = self._attempt = _new_attempt()
+        attempt = _new_attempt(self)
         if prior is not None:
             prior.next = attempt
         if early and _log.isEnabledFor(_DEBUG):
@@ -780,7 +812,11 @@ cdef int _settle(Dogpile self, _Attempt attempt) except -1:
         # No outcome (the value functions raised, or the job went to the
         # background): whoever waited for it goes on to create.
         attempt.finish(_ABANDONED, None)
+    elif attempt.state == _FAILED and self._opts is not None and self._opts.lock is not None:
+        self._opts.failure = attempt
     if self._attempt is attempt:
+        if self._opts is not None and self._opts.lock is not None:
+            self._opts.serial = attempt.serial + 1
         self._attempt = None
     return 0
 
@@ -888,7 +924,7 @@ def _create_in_background(_Handoff handoff not None, creator, value_fn, value_an
         return
     handoff.state = _RUNNING
     try:
-        attempt = self._attempt = _new_attempt()
+        attempt = _new_attempt(self)
         _run_creator(self, attempt, creator, value_fn, value_and_created_fn)
     except Exception:
         # Nobody waits on a background creation, so its failure would go

@@ -75,7 +75,8 @@ class _DogpileState(_StateFirst, Counters):
     # waiters share; the options; the last creation's duration (XFetch).
     __slots__ = (
         "_createdtime", "_expiretime", "_value",
-        "_lock", "_custom_lock", "_lock_generation", "_attempt", "_retry_here",
+        "_lock", "_custom_lock", "_lock_generation", "_attempt", "_serial", "_failure",
+        "_retry_here",
         "_wait_timeout", "_background", "_beta", "_delta", "__weakref__",
     )
 
@@ -87,6 +88,10 @@ class _DogpileState(_StateFirst, Counters):
         self._custom_lock = self._retry_here = False
         self._background: Any = None
         self._attempt: Optional[Attempt] = None
+        # How many attempts were published, and the last one that failed
+        # (until the next is published): see _threads.create.
+        self._serial = 0
+        self._failure: Optional[Attempt] = None
         self._beta = self._delta = 0.0
         self._value: Any = None
         self._createdtime = -1.0

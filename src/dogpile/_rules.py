@@ -27,8 +27,8 @@ The rules:
 - ``hands_off``: under the lock, does a background job create instead?
 - ``pair``: is a ``(value, createdtime)`` result well formed?
 - ``Attempt``: a creation, as the callers waiting for it see it: its
-  outcome, shared (the value, or the exception with the creator's
-  traceback: a copy in each thread, the one object in each task) or
+  outcome, shared (the value, or a copy of the exception with the
+  creator's traceback, in each thread or task) or
   abandoned (a waiter takes over and creates).
 - ``Counters``: the counts ``stats()`` reports.
 """
@@ -126,9 +126,8 @@ class Attempt:
     ``owner`` is who runs it (a thread or greenlet ident, an asyncio task),
     so that a creator that asks for its own value is refused instead of
     waiting for itself.  ``generation`` is the fork generation it began in
-    (threads) and ``serial`` its place among creations (tasks): each driver
-    uses the one that tells it whether the attempt is the one it waited
-    for."""
+    (threads) and ``serial`` its place among the creations of its lock:
+    they tell a waiter whether the attempt is the one it waited for."""
 
     __slots__ = ("owner", "generation", "serial", "state", "result", "traceback", "next")
 
@@ -182,19 +181,10 @@ class Attempt:
 
     def outcome(self) -> Any:
         """The creator's value, or a copy of its exception raised with the
-        creator's traceback (see raised_again): for threads."""
+        creator's traceback (see raised_again): in each waiting thread and
+        each waiting task alike."""
         if self.state == FAILED:
             raise raised_again(self.result, self.traceback)
-        return self.result
-
-    def outcome_in_task(self) -> Any:
-        """The creator's value, or its exception itself raised again with
-        the creator's traceback: for asyncio tasks, which share the one
-        exception object (what ``gather()`` reports for each).  Tasks run one
-        at a time, and each raise starts again from the creator's
-        traceback, so it stays bounded without a copy."""
-        if self.state == FAILED:
-            raise self.result.with_traceback(self.traceback)
         return self.result
 
 

@@ -83,40 +83,68 @@ def create(
     if d._expiretime != d._expiretime:  # nan: __init__ never ran
         raise not_initialised(d)
     mutex = mutex_now(d)
-    prior = None
     if has_stale(value, createdtime):
         # A stale value exists: whoever holds the lock is already
         # creating, so serve the stale value rather than wait.
         if not mutex.acquire(False):
             d._stale += 1
             return value
-    elif not mutex.acquire(False):
-        attempt = d._attempt
-        if attempt is not None and attempt.generation != fork_generation:
-            # Left by a thread of the parent process: it will never
-            # finish here, and its owner's ident may be reused.
-            attempt = None
-        if attempt is not None:
-            attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
-        d._waited += 1
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("%r: no value, waiting for the creator", d)
-        if not _wait_for(d, mutex):
-            d._timeouts += 1
-            raise LockTimeout(
-                f"no value after waiting {d._wait_timeout} s (wait_timeout) "
-                "for another caller's creator"
-            )
-        if attempt is not None:
-            prior = attempt.last()
-            if prior.has_outcome():
-                # The creation we waited for is over: share its outcome
-                # rather than run the creator again for each waiter.
-                mutex.release()
-                return prior.outcome()
-            # Abandoned (its creator raised KeyboardInterrupt, say):
-            # this caller creates, and the others waiting for the same
-            # attempt share this one's outcome through prior.next.
+    else:
+        # Read before trying the lock: see _wait.
+        arrived = d._serial
+        if not mutex.acquire(False):
+            return _wait(d, mutex, arrived, creator, value_fn, value_and_created_fn, value)
+    return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None)
+
+
+def _wait(
+    d: Any,
+    mutex: Any,
+    arrived: int,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+) -> Any:
+    """No value, and another caller holds the lock: wait for it, then share
+    the outcome of the creation that ran meanwhile, or create."""
+    attempt = d._attempt
+    if attempt is not None and attempt.generation != fork_generation:
+        # Left by a thread of the parent process: it will never
+        # finish here, and its owner's ident may be reused.
+        attempt = None
+    if attempt is not None:
+        attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
+    d._waited += 1
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%r: no value, waiting for the creator", d)
+    if not _wait_for(d, mutex):
+        d._timeouts += 1
+        raise LockTimeout(
+            f"no value after waiting {d._wait_timeout} s (wait_timeout) "
+            "for another caller's creator"
+        )
+    prior = None
+    if attempt is not None:
+        prior = attempt.last()
+    else:
+        # The holder had not published its attempt yet (a thread switch
+        # between its taking the lock and _publish; the compiled core
+        # has the same window inside a custom lock's acquire), or it
+        # ended before this caller looked.  A failure that had not
+        # ended when this caller arrived is the one it waited for.
+        prior = d._failure
+        if prior is not None and prior.serial < arrived:
+            prior = None
+    if prior is not None:
+        if prior.has_outcome():
+            # The creation we waited for is over: share its outcome
+            # rather than run the creator again for each waiter.
+            mutex.release()
+            return prior.outcome()
+        # Abandoned (its creator raised KeyboardInterrupt, say): this
+        # caller creates, and the others waiting for the same attempt
+        # share this one's outcome through prior.next.
     return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None, prior)
 
 
@@ -156,11 +184,9 @@ def _locked(
         # Published before the value is read again, so that a caller
         # arriving meanwhile waits for this attempt and shares its
         # outcome instead of running the creator once more after it.
-        # (Here a thread switch between taking the lock and this line
-        # can still let a caller wait without it; it then reads the
-        # value again itself.  The compiled core runs no Python code in
-        # between.)
-        attempt = d._attempt = Attempt(threading.get_ident(), fork_generation)
+        # (A caller that came between taking the lock and this line
+        # finds its failure by serial: see _wait.)
+        attempt = _publish(d)
         if prior is not None:
             prior.next = attempt
         if seen is not None and _log.isEnabledFor(logging.DEBUG):
@@ -220,9 +246,30 @@ def _locked(
             mutex.release()
 
 
+def _publish(d: Any) -> Attempt:
+    """A new attempt, published for the callers that come to wait for it.
+
+    ``d._serial`` moves on as an attempt is published and again as it
+    ends (odd while one is pending), after the attempt itself is in
+    place: a caller that read the serial before trying the lock knows
+    whether an attempt it finds ended later (``attempt.serial >=
+    arrived``: it was waiting for it) or earlier (it came after the
+    outcome and creates).  Only the lock's holder writes these, so they
+    need no lock of their own."""
+    attempt = d._attempt = Attempt(threading.get_ident(), fork_generation, d._serial + 1)
+    # The last failure is kept only for callers that began waiting
+    # before this attempt; they wait for this one too now.
+    d._failure = None
+    d._serial = attempt.serial
+    return attempt
+
+
 def _settle(d: Any, attempt: Attempt) -> None:
     attempt.settle()
+    if attempt.state == _rules.FAILED:
+        d._failure = attempt
     if d._attempt is attempt:
+        d._serial = attempt.serial + 1
         d._attempt = None
 
 
@@ -275,7 +322,7 @@ def _create_in_background(
         return
     attempt = None
     try:
-        attempt = d._attempt = Attempt(threading.get_ident(), fork_generation)
+        attempt = _publish(d)
         _run_creator(d, attempt, creator, value_fn, value_and_created_fn)
     except Exception:
         # Nobody waits on a background creation, so its failure would

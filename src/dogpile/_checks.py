@@ -83,6 +83,26 @@ def check_lock(lock: Any, what: str = "lock") -> None:
             )
 
 
+def check_acquired(lock: Any, got: Any, what: str = "mutex") -> bool:
+    """Whether ``lock.acquire(...)``, which returned ``got`` (neither True
+    nor False), took the lock.  An awaitable is an asyncio lock's
+    acquire(), which has not run: it is closed unrun and refused, as
+    check_lock refuses such a lock up front.  Checking the result instead
+    of the lock keeps inspect off Lock's stale path (dogpile.cache builds a
+    Lock per call)."""
+    if inspect.isawaitable(got):
+        close = getattr(got, "close", None)
+        if close is not None:
+            close()  # a coroutine never started: nothing was locked
+        check_lock(lock, what)
+        raise TypeError(
+            f"{what} must be a threading lock, like threading.Lock or "
+            f"dogpile.mutexes.RedisMutex; {_kind(lock)}.acquire() returned an awaitable "
+            "(an asyncio lock): use it with dogpile.aio.AsyncDogpile or dogpile.aio.AsyncLock"
+        )
+    return bool(got)
+
+
 def _is_coroutine_function(fn: Any) -> bool:
     """inspect.iscoroutinefunction, also through a functools.partial of a
     bound method, which it does not see through before Python 3.10."""

@@ -50,6 +50,7 @@ from ._checks import (
     check_acquire_args,
     check_callable,
     check_executor,
+    check_acquired,
     check_lock,
     check_lock_timeout,
     createdtime_seconds,
@@ -1109,16 +1110,19 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         if self.async_creator is not None and not callable(self.async_creator):
             check_callable("async_creator", self.async_creator)
         # Not checked at construction: that would tax every fresh hit.  An
-        # asyncio lock is refused before its acquire() returns a (truthy)
-        # coroutine that would pass for the lock.
-        check_lock(mutex, "mutex")
+        # asyncio lock's acquire() returns a (truthy) coroutine that would
+        # pass for the lock: refused by what it returns (check_acquired), or
+        # by check_lock when the call itself fails.
         try:
             if has_value:
-                if not mutex.acquire(False):
+                got = mutex.acquire(False)
+                if got is not True and not (got is not False and check_acquired(mutex, got)):
                     return value
             else:
-                mutex.acquire()
-        except AttributeError:
+                got = mutex.acquire()
+                if got is not True and got is not False and got is not None:
+                    check_acquired(mutex, got)
+        except (AttributeError, TypeError):
             check_lock(mutex, "mutex")
             raise
         try:

@@ -16,7 +16,7 @@ from time import time as _now
 from typing import Any, Callable, Optional
 
 from . import _rules
-from ._checks import check_callable, check_lock, not_initialised
+from ._checks import check_acquired, check_callable, check_lock, not_initialised
 from ._errors import LockTimeout, NeedRegenerationException
 from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, has_stale, is_expired, pair
 
@@ -417,16 +417,19 @@ def lock_create(lock: Any, value: Any, createdtime: float) -> Any:
     check_callable("creator", lock.creator)
     check_callable("async_creator", lock.async_creator, optional=True)
     # Not checked at construction: that would tax every fresh hit.  An
-    # asyncio lock is refused before its acquire() returns a (truthy)
-    # coroutine that would pass for the lock.
-    check_lock(mutex, "mutex")
+    # asyncio lock's acquire() returns a (truthy) coroutine that would pass
+    # for the lock: refused by what it returns (check_acquired), or by
+    # check_lock when the call itself fails.
     try:
         if has_value:
-            if not mutex.acquire(False):
+            got = mutex.acquire(False)
+            if got is not True and not (got is not False and check_acquired(mutex, got)):
                 return value
         else:
-            mutex.acquire()
-    except AttributeError:
+            got = mutex.acquire()
+            if got is not True and got is not False and got is not None:
+                check_acquired(mutex, got)
+    except (AttributeError, TypeError):
         check_lock(mutex, "mutex")
         raise
     handed_off = False

@@ -449,3 +449,27 @@ def test_attributes_read_and_write_as_in_dogpile_cache(impl):
     with pytest.raises(ValueError, match=">= 0"):
         lock.expiretime = -5
     assert lock.expiretime is None
+
+
+def test_the_stale_path_does_not_inspect_the_mutex(impl, monkeypatch):
+    """Guards against the asyncio-lock check running inspect on every stale
+    read (dogpile.cache builds a Lock per call): it made the compiled stale
+    fall-through 13x the fresh hit.  A threading lock is judged by what its
+    acquire() returns; check_lock runs only when something is wrong."""
+    import dogpile._threads
+
+    calls = []
+
+    def counting(lock, what="lock"):
+        calls.append(lock)
+
+    owner = dogpile._threads if impl.__name__.endswith("_core_py") else impl
+    monkeypatch.setattr(owner, "check_lock", counting)
+    held = threading.Lock()
+    held.acquire()
+    free = threading.Lock()
+    for mutex in (held, free):  # stale, served; stale, recreated
+        with impl.Lock(mutex, lambda: ("new", 2.0), lambda: ("old", 1.0), 60) as value:
+            assert value in ("old", "new")
+    held.release()
+    assert calls == []

@@ -456,14 +456,14 @@ def test_the_stale_path_does_not_inspect_the_mutex(impl, monkeypatch):
     read (dogpile.cache builds a Lock per call): it made the compiled stale
     fall-through 13x the fresh hit.  A threading lock is judged by what its
     acquire() returns; check_lock runs only when something is wrong."""
-    import dogpile._threads
+    import dogpile._lock_py
 
     calls = []
 
     def counting(lock, what="lock"):
         calls.append(lock)
 
-    owner = dogpile._threads if impl.__name__.endswith("_core_py") else impl
+    owner = dogpile._lock_py if impl.__name__.endswith("_core_py") else impl
     monkeypatch.setattr(owner, "check_lock", counting)
     held = threading.Lock()
     held.acquire()

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Set
 
 from ._aio_locks import (
     _acquire,
+    _acquire_or_wait,
     _acquire_within,
     _check_loop_switch,
     _is_awaitable,
@@ -224,6 +225,12 @@ async def create(
     createdtime: float,
 ) -> Any:
     mutex = state.mutex()
+    if state.custom_lock and not has_stale(value, createdtime):
+        waiter = getattr(mutex, "acquire_or_wait", None)
+        if waiter is not None:
+            return await wait_for_release(
+                state, mutex, waiter, creator, value_fn, value_and_created_fn, value
+            )
     got = state.try_acquire(mutex)
     if got is not True and got is not False:
         got = await got
@@ -276,6 +283,102 @@ async def wait(state: _State, mutex: Any) -> Optional[Attempt]:
         await _release(mutex)
         return last
     return None
+
+
+async def wait_for_release(
+    state: _State,
+    mutex: Any,
+    wait: Callable[[float], Any],
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+) -> Any:
+    """No value, and the lock can wait for its holder's release without
+    taking it (``acquire_or_wait``: AsyncRedisMutex).  Take it if it is
+    free; otherwise wait for the release and read the value the holder
+    made, once; only a value still missing sends this task back to the
+    lock (the thread driver's _wait_for_release, over asyncio)."""
+    attempt = state.attempt
+    if attempt is not None and attempt.state == PENDING:
+        attempt.refuse_its_owner(asyncio.current_task(), "AsyncDogpile")
+        first = attempt.serial
+    else:
+        first = state.serial + 1
+    timeout = state.wait_timeout
+    deadline = None if timeout is None else _monotonic() + timeout
+    waited = False
+    while True:
+        left = -1.0 if deadline is None else max(0.0, deadline - _monotonic())
+        state.waiting += 1
+        try:
+            got = await _acquire_or_wait(mutex, wait, left)
+        finally:
+            state.waiting -= 1
+            last = state.attempt
+            if state.waiting <= 0 and last is not None and last.state != PENDING:
+                state.attempt = None  # nobody else waits for it: drop its value
+        if got:
+            break
+        if not waited:
+            waited = True
+            state._waited += 1
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%r: no value, waiting for the creator", state)
+        # Released, or the wait ended (the holder's lease ran out, the
+        # mutex's safety net, the deadline).  A creation of this process
+        # shares its outcome, a failure included; another's left its value
+        # where the value functions read.
+        if last is not None and last.serial >= first and last.has_outcome():
+            return last.outcome()
+        found, createdtime = await read_unlocked(state, value_fn, value_and_created_fn)
+        if found is not NO_VALUE:
+            if not state.expired(createdtime, state.expiretime):
+                return found
+            # Expired already: a stale value, served while whoever holds
+            # the lock now recreates it (or recreated here if it is free).
+            return await create(state, creator, value_fn, value_and_created_fn, found, createdtime)
+        if deadline is not None and _monotonic() >= deadline:
+            state._timeouts += 1
+            raise LockTimeout(
+                f"no value after waiting {timeout} s (wait_timeout) for another task's creator"
+            )
+    if waited and last is not None and last.serial >= first and last.has_outcome():
+        await _release(mutex)
+        return last.outcome()
+    return await locked(state, mutex, creator, value_fn, value_and_created_fn, value, None)
+
+
+async def read_unlocked(
+    state: _State,
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+) -> Any:
+    """The value and its creation time, read without the lock after a
+    release: what locked() reads to learn whether another task created."""
+    if value_and_created_fn is not None:
+        try:
+            result = value_and_created_fn()
+            if _is_awaitable(result):
+                result = await result
+            value, createdtime = pair(result, "value_and_created_fn")
+        except NeedRegenerationException:
+            return NO_VALUE, -1.0
+        state.createdtime = createdtime
+        return (value, createdtime) if has_stale(value, createdtime) else (NO_VALUE, -1.0)
+    createdtime = state.createdtime
+    if state.expired(createdtime, state.expiretime):
+        # Created in another process: this one keeps no value of its own.
+        return NO_VALUE, -1.0
+    if value_fn is None:
+        return state.value, createdtime
+    try:
+        value = value_fn()
+        if _is_awaitable(value):
+            value = await value
+    except NeedRegenerationException:
+        return NO_VALUE, -1.0
+    return value, createdtime
 
 
 async def refresh_early(

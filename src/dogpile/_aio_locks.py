@@ -54,6 +54,17 @@ def _not_awaitable(mutex: Any, method: str, result: Any) -> TypeError:
     )
 
 
+async def _acquire_or_wait(mutex: Any, wait: Callable[[float], Any], timeout: float) -> bool:
+    """``await mutex.acquire_or_wait(timeout)``, refusing a lock that is not
+    asynchronous."""
+    result = wait(timeout)
+    if not _is_awaitable(result):
+        if result:  # a threading lock, now held: give it back first
+            mutex.release()
+        raise _not_awaitable(mutex, "acquire_or_wait", result)
+    return bool(await result)
+
+
 async def _acquire(mutex: Any) -> bool:
     """``await mutex.acquire()``, refusing a lock that is not asynchronous."""
     result = mutex.acquire()
@@ -299,6 +310,12 @@ def _check_async_lock(lock: Any, what: str = "lock") -> None:
                 f"{what} must have acquire() (a coroutine), release() and locked() "
                 f"methods, like asyncio.Lock; {_kind(lock)!r} has no {method}()"
             )
+    wait = getattr(lock, "acquire_or_wait", None)
+    if wait is not None and not callable(wait):
+        raise TypeError(
+            f"{what}.acquire_or_wait must be a coroutine method (timeout) -> bool, or "
+            f"absent; {_kind(lock)}.acquire_or_wait is a {_kind(wait)!r}"
+        )
 
 
 async def _acquire_within(mutex: Any, timeout: float) -> bool:

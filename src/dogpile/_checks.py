@@ -81,6 +81,26 @@ def check_lock(lock: Any, what: str = "lock") -> None:
                 "function (an asyncio lock): use it with dogpile.aio.AsyncDogpile "
                 "or dogpile.aio.AsyncLock"
             )
+    _check_waiter(lock, what)
+
+
+def _check_waiter(lock: Any, what: str) -> None:
+    """The optional ``acquire_or_wait(timeout)`` of a lock (the mutexes of
+    dogpile.mutexes have one), which a Dogpile calls when it has no value."""
+    wait = getattr(lock, "acquire_or_wait", None)
+    if wait is None:
+        return
+    if not callable(wait):
+        raise TypeError(
+            f"{what}.acquire_or_wait must be a method (timeout) -> bool, or absent; "
+            f"{_kind(lock)}.acquire_or_wait is a {_kind(wait)!r}"
+        )
+    if _is_coroutine_function(wait):
+        raise TypeError(
+            f"{what} must be a threading lock; {_kind(lock)}.acquire_or_wait() is a "
+            "coroutine function (an asyncio lock): use it with dogpile.aio.AsyncDogpile "
+            "or dogpile.aio.AsyncLock"
+        )
 
 
 def check_acquired(lock: Any, got: Any, what: str = "mutex") -> bool:

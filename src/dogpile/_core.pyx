@@ -657,42 +657,21 @@ cdef object _create(Dogpile self, object creator, object value_fn,
             return value
     else:
         if opts is not None:
-            # Read before trying the lock: see below.
+            # Read before trying the lock: see _prior.
             arrived = opts.serial
+            if opts.lock is not None:
+                wait = getattr(opts.lock, "acquire_or_wait", None)
+                if wait is not None:
+                    return _wait_for_release(self, opts, wait, arrived, creator, value_fn,
+                                             value_and_created_fn, value)
         tag = _try_take(self, opts)
         if not tag:
-            attempt = self._attempt
-            if attempt is not None and attempt.generation != dp_generation:
-                # Left by a thread of the parent process: it will never
-                # finish here, and its owner's ident may be reused.
-                attempt = None
-            if attempt is not None and attempt.owner == _ident():
-                raise LockError(
-                    "Dogpile.acquire() called again from inside its own creator: "
-                    "waiting for the value would wait for this very call"
-                )
-            self._waited += 1
-            if _log.isEnabledFor(_DEBUG):
-                _log.debug("%r: no value, waiting for the creator", self)
+            attempt = _attempt_here(self)
+            _count_wait(self)
             tag = _wait_take(self, opts)
             if not tag:
-                self._timeouts += 1
-                raise LockTimeout(
-                    f"no value after waiting {opts.wait_timeout} s (wait_timeout) "
-                    "for another caller's creator"
-                )
-            if attempt is not None:
-                prior = attempt.last()
-            elif self._opts is not None and self._opts.lock is not None:
-                # The holder had not published its attempt yet (its custom
-                # lock's acquire() was still running Python code; the native
-                # lock is taken and the attempt published with no Python
-                # code between), or it ended before this caller looked.  A
-                # failure that had not ended when this caller arrived is the
-                # one it waited for.
-                prior = self._opts.failure
-                if prior is not None and prior.serial < arrived:
-                    prior = None
+                raise _timed_out(self, opts)
+            prior = _prior(self, attempt, arrived)
             if prior is not None:
                 if prior.state == _CREATED or prior.state == _FAILED:
                     # The creation we waited for is over: share its outcome
@@ -704,6 +683,136 @@ cdef object _create(Dogpile self, object creator, object value_fn,
                 # attempt share this one's outcome through prior.next.
     return _locked(self, tag, opts, creator, value_fn, value_and_created_fn, value, False, 0.0,
                    prior)
+
+
+cdef _Attempt _attempt_here(Dogpile self):
+    """The attempt in progress, refused to its own creator, unless a thread
+    of the parent process left it: that one will never finish here, and
+    its owner's ident may be reused."""
+    cdef _Attempt attempt = self._attempt
+    if attempt is not None and attempt.generation != dp_generation:
+        return None
+    if attempt is not None and attempt.owner == _ident():
+        raise LockError(
+            "Dogpile.acquire() called again from inside its own creator: "
+            "waiting for the value would wait for this very call"
+        )
+    return attempt
+
+
+cdef _Attempt _prior(Dogpile self, _Attempt attempt, unsigned long long arrived):
+    """The attempt a caller that arrived at serial ``arrived``, and saw
+    ``attempt`` in progress then, waited for."""
+    cdef _Attempt prior
+    if attempt is not None:
+        return attempt.last()
+    if self._opts is None or self._opts.lock is None:
+        return None
+    # The holder had not published its attempt yet (its custom lock's
+    # acquire() was still running Python code; the native lock is taken and
+    # the attempt published with no Python code between), or it ended
+    # before this caller looked.  A failure that had not ended when this
+    # caller arrived is the one it waited for.
+    prior = self._opts.failure
+    if prior is not None and prior.serial < arrived:
+        return None
+    return prior
+
+
+cdef int _count_wait(Dogpile self) except -1:
+    self._waited += 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug("%r: no value, waiting for the creator", self)
+    return 0
+
+
+cdef object _timed_out(Dogpile self, _Options opts):
+    self._timeouts += 1
+    return LockTimeout(
+        f"no value after waiting {opts.wait_timeout} s (wait_timeout) "
+        "for another caller's creator"
+    )
+
+
+cdef object _wait_for_release(Dogpile self, _Options opts, object wait,
+                              unsigned long long arrived, object creator, object value_fn,
+                              object value_and_created_fn, object value):
+    """No value, and the lock can wait for its holder's release without
+    taking the lock (``acquire_or_wait``: the mutexes of dogpile.mutexes).
+    Take it if it is free; otherwise wait for the release and read the
+    value the holder made, once.  Only a value still missing (its creator
+    failed, or died) sends this caller back to the lock: waiters on other
+    processes do not queue for the lock one after another just to read a
+    value that is there, and a failed creation is retried once, not once
+    per waiter."""
+    cdef double deadline = -1.0
+    cdef double left = -1.0
+    cdef double createdtime
+    cdef bint waited = False
+    cdef _Attempt attempt
+    cdef _Attempt prior
+    if opts.wait_timeout >= 0:
+        deadline = dp_monotonic() + opts.wait_timeout
+    while True:
+        attempt = _attempt_here(self)
+        if deadline >= 0:
+            left = max(0.0, deadline - dp_monotonic())
+        got = wait(left)
+        if got is not True and got is not False:
+            # An awaitable is refused (an asyncio mutex); anything else
+            # counts by its truth, as threading's acquire() is read.
+            got = check_acquired(opts.lock, got, "lock")
+        if got:
+            break
+        if not waited:
+            waited = True
+            _count_wait(self)
+        # Released, or the wait ended (the holder's lease ran out, the
+        # mutex's safety net, the deadline).  A creation of this process
+        # shares its outcome, a failure included; another's left its value
+        # where the value functions read.
+        prior = _prior(self, attempt, arrived)
+        if prior is not None and (prior.state == _CREATED or prior.state == _FAILED):
+            return prior.outcome()
+        found = _read_unlocked(self, value_fn, value_and_created_fn, &createdtime)
+        if found is not _NO_VALUE:
+            if not _expired(createdtime, self._expiretime):
+                return found
+            # Expired already: a stale value, served while whoever holds
+            # the lock now recreates it (or recreated here if it is free).
+            return _create(self, creator, value_fn, value_and_created_fn, found, createdtime)
+        if deadline >= 0 and dp_monotonic() >= deadline:
+            raise _timed_out(self, opts)
+    prior = _prior(self, attempt, arrived) if waited else None
+    if prior is not None and (prior.state == _CREATED or prior.state == _FAILED):
+        _give(self, 1, opts)
+        return prior.outcome()
+    return _locked(self, 1, opts, creator, value_fn, value_and_created_fn, value, False, 0.0,
+                   prior)
+
+
+cdef object _read_unlocked(Dogpile self, object value_fn, object value_and_created_fn,
+                           double *createdtime):
+    """The value and its creation time, read without the lock after a
+    release: what _locked reads to learn whether another caller created."""
+    cdef object value
+    if value_and_created_fn is not None:
+        try:
+            value = _pair(value_and_created_fn(), "value_and_created_fn", createdtime)
+        except NeedRegenerationException:
+            return _NO_VALUE
+        self._createdtime = createdtime[0]
+        return value if createdtime[0] > 0 and value is not _NO_VALUE else _NO_VALUE
+    createdtime[0] = self._createdtime
+    if _expired(createdtime[0], self._expiretime):
+        # Created in another process: this one keeps no value of its own.
+        return _NO_VALUE
+    if value_fn is None:
+        return self._value
+    try:
+        return value_fn()
+    except NeedRegenerationException:
+        return _NO_VALUE
 
 
 cdef object _refresh_early(Dogpile self, object creator, object value_fn,
@@ -1103,6 +1212,7 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
         cdef object mutex = self.mutex
         cdef bint has_value = createdtime > 0 and value is not _NO_VALUE
         cdef bint handed_off = False
+        cdef object wait = None
         if not self._ready:
             raise not_initialised(self, "Lock")
         if not callable(self.creator):
@@ -1119,12 +1229,33 @@ The dogpile.core 0.4 / dogpile.cache lock: ``with Lock(...) as value``.
                 if got is not True and not (got is not False and check_acquired(mutex, got)):
                     return value
             else:
-                got = mutex.acquire()
-                if got is not True and got is not False and got is not None:
-                    check_acquired(mutex, got)
+                wait = getattr(mutex, "acquire_or_wait", None)
+                if wait is None:
+                    got = mutex.acquire()
+                    if got is not True and got is not False and got is not None:
+                        check_acquired(mutex, got)
         except (AttributeError, TypeError):
             check_lock(mutex, "mutex")
             raise
+        if wait is not None:
+            # A mutex that can wait for its holder's release without taking
+            # it (see _wait_for_release): read the value once after each
+            # release, and take the lock only to create.
+            while True:
+                got = wait(-1.0)
+                if got is not True and got is not False:
+                    got = check_acquired(mutex, got)
+                if got:
+                    break
+                try:
+                    value = _pair(self.value_and_created_fn(), "value_and_created_fn",
+                                  &createdtime)
+                except NeedRegenerationException:
+                    continue
+                if not _expired(createdtime, self._expiretime):
+                    return value
+                if createdtime > 0 and value is not _NO_VALUE:
+                    return self._create(value, createdtime)
         try:
             if not has_value:
                 # We waited: another thread or process may have created

@@ -15,7 +15,7 @@ import threading
 from time import time as _now
 from typing import Any, Callable, Dict, Optional
 
-from . import _threads
+from . import _lock_py, _threads
 from ._checks import (
     check_acquire_args,
     check_callable,
@@ -452,7 +452,7 @@ class Lock:
         try:
             pair = self.value_and_created_fn()
         except NeedRegenerationException:
-            return _threads.lock_create(self, _NO_VALUE, -1.0)
+            return _lock_py.lock_create(self, _NO_VALUE, -1.0)
         except TypeError:
             if not hasattr(self, "_expiretime"):
                 raise not_initialised(self, "Lock") from None
@@ -478,11 +478,11 @@ class Lock:
             try:  # free on 3.11+; one cheap instruction before
                 expiretime = self._expiretime
             except AttributeError:  # __init__ never ran: lock_create says so
-                return _threads.lock_create(self, value, createdtime)
+                return _lock_py.lock_create(self, value, createdtime)
             age = _now() - createdtime
             if -expiretime <= age <= expiretime:
                 return value
-        return _threads.lock_create(self, value, createdtime)
+        return _lock_py.lock_create(self, value, createdtime)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         pass

@@ -16,7 +16,7 @@ from time import time as _now
 from typing import Any, Callable, Optional
 
 from . import _rules
-from ._checks import check_acquired, check_callable, check_lock, not_initialised
+from ._checks import check_acquired, not_initialised
 from ._errors import LockTimeout, NeedRegenerationException
 from ._rules import NO_VALUE, Attempt, done_by_another, hands_off, has_stale, is_expired, pair
 
@@ -92,9 +92,41 @@ def create(
     else:
         # Read before trying the lock: see _wait.
         arrived = d._serial
+        if d._custom_lock:
+            wait = getattr(mutex, "acquire_or_wait", None)
+            if wait is not None:
+                return _wait_for_release(
+                    d, mutex, wait, arrived, creator, value_fn, value_and_created_fn, value
+                )
         if not mutex.acquire(False):
             return _wait(d, mutex, arrived, creator, value_fn, value_and_created_fn, value)
     return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None)
+
+
+def _attempt_here(d: Any) -> Optional[Attempt]:
+    """The attempt in progress, unless a thread of the parent process left
+    it: that one will never finish here, and its owner's ident may be
+    reused."""
+    attempt: Optional[Attempt] = d._attempt
+    if attempt is not None and attempt.generation != fork_generation:
+        return None
+    return attempt
+
+
+def _prior(d: Any, attempt: Optional[Attempt], arrived: int) -> Optional[Attempt]:
+    """The attempt a caller that arrived at serial ``arrived``, and saw
+    ``attempt`` in progress then, waited for."""
+    if attempt is not None:
+        return attempt.last()
+    # The holder had not published its attempt yet (a thread switch
+    # between its taking the lock and _publish; the compiled core has the
+    # same window inside a custom lock's acquire), or it ended before this
+    # caller looked.  A failure that had not ended when this caller
+    # arrived is the one it waited for.
+    prior: Optional[Attempt] = d._failure
+    if prior is not None and prior.serial < arrived:
+        return None
+    return prior
 
 
 def _wait(
@@ -108,34 +140,13 @@ def _wait(
 ) -> Any:
     """No value, and another caller holds the lock: wait for it, then share
     the outcome of the creation that ran meanwhile, or create."""
-    attempt = d._attempt
-    if attempt is not None and attempt.generation != fork_generation:
-        # Left by a thread of the parent process: it will never
-        # finish here, and its owner's ident may be reused.
-        attempt = None
+    attempt = _attempt_here(d)
     if attempt is not None:
         attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
-    d._waited += 1
-    if _log.isEnabledFor(logging.DEBUG):
-        _log.debug("%r: no value, waiting for the creator", d)
+    _count_wait(d)
     if not _wait_for(d, mutex):
-        d._timeouts += 1
-        raise LockTimeout(
-            f"no value after waiting {d._wait_timeout} s (wait_timeout) "
-            "for another caller's creator"
-        )
-    prior = None
-    if attempt is not None:
-        prior = attempt.last()
-    else:
-        # The holder had not published its attempt yet (a thread switch
-        # between its taking the lock and _publish; the compiled core
-        # has the same window inside a custom lock's acquire), or it
-        # ended before this caller looked.  A failure that had not
-        # ended when this caller arrived is the one it waited for.
-        prior = d._failure
-        if prior is not None and prior.serial < arrived:
-            prior = None
+        raise _timed_out(d)
+    prior = _prior(d, attempt, arrived)
     if prior is not None:
         if prior.has_outcome():
             # The creation we waited for is over: share its outcome
@@ -146,6 +157,108 @@ def _wait(
         # caller creates, and the others waiting for the same attempt
         # share this one's outcome through prior.next.
     return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None, prior)
+
+
+def _wait_for_release(
+    d: Any,
+    mutex: Any,
+    wait: Callable[[float], Any],
+    arrived: int,
+    creator: Callable[[], Any],
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+    value: Any,
+) -> Any:
+    """No value, and the lock can wait for its holder's release without
+    taking the lock (``acquire_or_wait``: the mutexes of dogpile.mutexes).
+    Take it if it is free; otherwise wait for the release and read the
+    value the holder made, once.  Only a value still missing (its creator
+    failed, or died) sends this caller back to the lock: waiters on other
+    processes do not queue for the lock one after another just to read a
+    value that is there, and a failed creation is retried once, not once
+    per waiter."""
+    timeout = d._wait_timeout
+    deadline = None if timeout is None else _monotonic() + timeout
+    waited = False
+    while True:
+        attempt = _attempt_here(d)
+        if attempt is not None:
+            attempt.refuse_its_owner(threading.get_ident(), "Dogpile")
+        left = -1.0 if deadline is None else max(0.0, deadline - _monotonic())
+        if _taken(mutex, wait(left)):
+            break
+        if not waited:
+            waited = True
+            _count_wait(d)
+        # Released, or the wait ended (the holder's lease ran out, the
+        # mutex's safety net, the deadline).  A creation of this process
+        # shares its outcome, a failure included; another's left its
+        # value where the value functions read.
+        prior = _prior(d, attempt, arrived)
+        if prior is not None and prior.has_outcome():
+            return prior.outcome()
+        found, createdtime = _read_unlocked(d, value_fn, value_and_created_fn)
+        if found is not NO_VALUE:
+            if not is_expired(createdtime, d._expiretime):
+                return found
+            # Expired already: a stale value, served while whoever holds
+            # the lock now recreates it (or recreated here if it is free).
+            return create(d, creator, value_fn, value_and_created_fn, found, createdtime)
+        if deadline is not None and _monotonic() >= deadline:
+            raise _timed_out(d)
+    prior = _prior(d, attempt, arrived) if waited else None
+    if prior is not None and prior.has_outcome():
+        mutex.release()
+        return prior.outcome()
+    return _locked(d, mutex, creator, value_fn, value_and_created_fn, value, None, prior)
+
+
+def _taken(mutex: Any, got: Any) -> bool:
+    if got is True or got is False:
+        return got
+    # An awaitable is refused (an asyncio mutex); anything else counts by
+    # its truth, as threading's acquire() is read.
+    return check_acquired(mutex, got, "lock")
+
+
+def _read_unlocked(
+    d: Any,
+    value_fn: Optional[Callable[[], Any]],
+    value_and_created_fn: Optional[Callable[[], Any]],
+) -> Any:
+    """The value and its creation time, read without the lock after a
+    release: what _locked reads to learn whether another caller created."""
+    if value_and_created_fn is not None:
+        try:
+            value, createdtime = pair(value_and_created_fn(), "value_and_created_fn")
+        except NeedRegenerationException:
+            return NO_VALUE, -1.0
+        d._createdtime = createdtime
+        return (value, createdtime) if has_stale(value, createdtime) else (NO_VALUE, -1.0)
+    createdtime = d._createdtime
+    if is_expired(createdtime, d._expiretime):
+        # Created in another process: this one keeps no value of its own.
+        return NO_VALUE, -1.0
+    if value_fn is None:
+        return d._value, createdtime
+    try:
+        return value_fn(), createdtime
+    except NeedRegenerationException:
+        return NO_VALUE, -1.0
+
+
+def _count_wait(d: Any) -> None:
+    d._waited += 1
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%r: no value, waiting for the creator", d)
+
+
+def _timed_out(d: Any) -> LockTimeout:
+    d._timeouts += 1
+    return LockTimeout(
+        f"no value after waiting {d._wait_timeout} s (wait_timeout) "
+        "for another caller's creator"
+    )
 
 
 def refresh_early(
@@ -403,67 +516,3 @@ def _release_when_done(future: Any, handoff: Handoff) -> None:
     add_done_callback = getattr(future, "add_done_callback", None)
     if add_done_callback is not None:
         add_done_callback(handoff.release_logged)
-
-
-# -- Lock ------------------------------------------------------------------------------
-
-
-def lock_create(lock: Any, value: Any, createdtime: float) -> Any:
-    """``Lock``'s slow path: no fresh value was read."""
-    if not hasattr(lock, "_expiretime"):
-        raise not_initialised(lock, "Lock")
-    mutex = lock.mutex
-    has_value = has_stale(value, createdtime)
-    check_callable("creator", lock.creator)
-    check_callable("async_creator", lock.async_creator, optional=True)
-    # Not checked at construction: that would tax every fresh hit.  An
-    # asyncio lock's acquire() returns a (truthy) coroutine that would pass
-    # for the lock: refused by what it returns (check_acquired), or by
-    # check_lock when the call itself fails.
-    try:
-        if has_value:
-            got = mutex.acquire(False)
-            if got is not True and not (got is not False and check_acquired(mutex, got)):
-                return value
-        else:
-            got = mutex.acquire()
-            if got is not True and got is not False and got is not None:
-                check_acquired(mutex, got)
-    except (AttributeError, TypeError):
-        check_lock(mutex, "mutex")
-        raise
-    handed_off = False
-    try:
-        if not has_value:
-            # We waited: another thread or process may have created
-            # meanwhile.  Any pair counts as a value, whatever its time:
-            # dogpile.cache's get_or_create_multi answers (payload, 0) to
-            # have the mutex handed to its async_creator.  (An expired
-            # value taken without waiting is not read again: that would
-            # cost a backend round trip per regeneration.)
-            try:
-                value, createdtime = pair(lock.value_and_created_fn(), "value_and_created_fn")
-            except NeedRegenerationException:
-                pass
-            else:
-                if not is_expired(createdtime, lock._expiretime):
-                    return value
-                has_value = True
-        if has_value and lock.async_creator is not None:
-            lock.async_creator(mutex)
-            # Only now: if async_creator raised, the mutex is still ours.
-            handed_off = True
-            return value
-        value, createdtime = pair(lock.creator(), "creator")
-        return value
-    finally:
-        if not handed_off:
-            _release(mutex)
-
-
-def _release(mutex: Any) -> None:
-    try:
-        mutex.release()
-    except AttributeError:
-        check_lock(mutex, "mutex")
-        raise

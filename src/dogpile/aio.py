@@ -35,7 +35,15 @@ from . import IMPLEMENTATION, _aio_driver
 from ._aio_driver import _State
 
 # The lock adapters; _aio_redis reads the re-exported three from here.
-from ._aio_locks import _acquire, _check_async_lock, _is_awaitable, _kind, _release, _try_acquirer
+from ._aio_locks import (
+    _acquire,
+    _acquire_or_wait,
+    _check_async_lock,
+    _is_awaitable,
+    _kind,
+    _release,
+    _try_acquirer,
+)
 from ._aio_locks import _acquire_within as _acquire_within
 from ._aio_locks import _check_loop_switch as _check_loop_switch
 from ._aio_locks import _try_acquire_now as _try_acquire_now
@@ -392,7 +400,21 @@ class AsyncLock:
             if not got:
                 return value
         else:
-            await _acquire(mutex)
+            wait = getattr(mutex, "acquire_or_wait", None)
+            if wait is None:
+                await _acquire(mutex)
+            else:
+                # A mutex that can wait for its holder's release without
+                # taking it (AsyncRedisMutex): read the value once after
+                # each release, and take the lock only to create.
+                while not await _acquire_or_wait(mutex, wait, -1.0):
+                    stored, createdtime = await self._stored()
+                    if stored is _NO_VALUE:
+                        continue
+                    if not self._is_expired(createdtime, self._expiretime):
+                        return stored
+                    if has_stale(stored, createdtime):
+                        return await self._create(stored, createdtime)
         handed_off = False
         try:
             if not has_value:

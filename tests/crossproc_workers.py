@@ -95,9 +95,11 @@ def make_mutex(spec):
 
 
 class RecordingMutex:
-    """Passes every call to the real mutex and counts the blocking acquires,
-    separating those made during a call whose caller already had a value
-    (``had_value`` is set per thread, per call, by the caller)."""
+    """Passes every call to the real mutex and counts the blocking acquires
+    and the waits for a release (``acquire_or_wait``, offered only if the
+    real mutex has it), separating those made during a call whose caller
+    already had a value (``had_value`` is set per thread, per call, by the
+    caller), and the acquisitions that took the lock."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -106,6 +108,10 @@ class RecordingMutex:
         self.blocking = 0
         self.blocking_with_value = 0
         self.nonblocking = 0
+        self.waits = 0
+        self.taken = 0
+        if hasattr(inner, "acquire_or_wait"):
+            self.acquire_or_wait = self._acquire_or_wait
 
     def acquire(self, blocking=True, timeout=-1):
         with self._count:
@@ -115,7 +121,22 @@ class RecordingMutex:
                     self.blocking_with_value += 1
             else:
                 self.nonblocking += 1
-        return self.inner.acquire(blocking, timeout)
+        taken = self.inner.acquire(blocking, timeout)
+        if taken:
+            with self._count:
+                self.taken += 1
+        return taken
+
+    def _acquire_or_wait(self, timeout=-1):
+        with self._count:
+            self.waits += 1
+            if getattr(self.call, "had_value", False):
+                self.blocking_with_value += 1
+        taken = self.inner.acquire_or_wait(timeout)
+        if taken:
+            with self._count:
+                self.taken += 1
+        return taken
 
     def release(self):
         self.inner.release()
@@ -230,6 +251,48 @@ def hang_while_creating(impl_name, api, store_spec, mutex_spec, expire, creating
                 pass
     except BaseException as exc:
         results.put(repr(exc))
+
+
+# -- a cold key: every process starts with no value -----------------------------------
+
+
+def cold_start(impl_name, api, store_spec, mutex_spec, failures, go, results):
+    """One process on a cold key: read the value through Dogpile or Lock;
+    the creator waits for ``go`` (set by the parent once every other
+    process waits), and the first ``failures`` creations across all the
+    processes raise.  Puts (outcome, what, locks taken) on ``results``."""
+    mutex = None
+    try:
+        impl = importlib.import_module(impl_name)
+        store = make_store(store_spec)
+        mutex = RecordingMutex(make_mutex(mutex_spec))
+
+        def value_and_created():
+            stored = store.get()
+            if stored is None:
+                raise NeedRegenerationException()
+            return stored[0], stored[1]
+
+        def create():
+            number = store.count_creation()
+            if not go.wait(CHILD_DEADLINE):
+                raise AssertionError("never told to go on creating")
+            if number <= failures:
+                raise RuntimeError(f"creation {number} failed")
+            created = time.time()
+            store.put(f"creation {number}", created)
+            return f"creation {number}", created
+
+        if api == "dogpile":
+            dogpile = impl.Dogpile(60, lock=mutex)
+            with dogpile.acquire(create, value_and_created_fn=value_and_created) as value:
+                pass
+        else:
+            with impl.Lock(mutex, create, value_and_created, 60) as value:
+                pass
+        results.put(("value", value, mutex.taken))
+    except BaseException as exc:
+        results.put(("error", repr(exc), None if mutex is None else mutex.taken))
 
 
 # -- a counter updated read-modify-write under the mutex ---------------------------------

@@ -175,7 +175,73 @@ def test_a_holder_killed_while_creating_is_taken_over(impl, shared, api, has_val
         started = time.monotonic()
         assert read() == "new"
         if mutex_spec[0] == "redis":
-            assert mutex.blocking == 1, "the lease still ran: the caller had to wait"
+            waits = mutex.blocking + mutex.waits
+            assert waits >= 1, "the lease still ran: the caller had to wait"
         assert time.monotonic() - started < DEADLINE
     assert created == [1]
     assert not mutex.inner.locked()
+
+
+COLD_PROCESSES = 6
+
+
+def _waiting_processes(mutex_spec, request):
+    """How many processes wait for the lock's release now: clients blocked
+    in XREAD on the server for Redis; blocked flock requests on this host
+    (/proc/locks lists them with "->") for a file."""
+    if mutex_spec[0] == "redis":
+        return sum(
+            1 for c in request.getfixturevalue("redis_client").client_list() if c.get("cmd") == "xread" and "b" in c["flags"]
+        )
+    inode = os.stat(mutex_spec[1]).st_ino
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if "->" in line and f":{inode} " in line)
+
+
+@pytest.mark.parametrize(
+    "api, failures",
+    [("dogpile", 0), ("dogpile", 1), ("lock", 1)],
+    ids=["Dogpile", "Dogpile-creator-fails", "Lock-creator-fails"],
+)
+def test_a_cold_key_waiters_read_the_value_once_and_a_failure_costs_one_retry(
+    impl, shared, request, api, failures
+):
+    """COLD_PROCESSES processes start on a key with no value; one creates
+    while every other waits for its release.  They then read the value
+    once, none of them taking the lock; when the creator fails, one of them
+    creates again, once, and the rest get that value: creations and lock
+    acquisitions are failures + 1, not one per process."""
+    mutex_spec, store_spec, store = shared
+    if mutex_spec[0] == "file" and not os.path.exists("/proc/locks"):
+        pytest.skip("needs Linux's /proc/locks to see the waiters")
+    if mutex_spec[0] == "file":
+        open(mutex_spec[1], "a").close()  # for its inode, before any child
+    ctx = workers.spawn_context()
+    go, results = ctx.Event(), ctx.Queue()
+    processes = [
+        ctx.Process(
+            target=workers.cold_start,
+            args=(impl.__name__, api, store_spec, mutex_spec, failures, go, results),
+            daemon=True,
+        )
+        for _ in range(COLD_PROCESSES)
+    ]
+    deadline = time.monotonic() + 3 * DEADLINE
+    for process in processes:
+        process.start()
+    try:
+        while _waiting_processes(mutex_spec, request) < COLD_PROCESSES - 1:
+            assert time.monotonic() < deadline, "the processes never all waited"
+            assert results.empty(), results.get()
+            time.sleep(0.01)
+        go.set()
+        reports = workers.collect(results, COLD_PROCESSES, deadline)
+    finally:
+        workers.join_all(processes, deadline)
+    errors = [r for r in reports if r[0] == "error"]
+    values = [r for r in reports if r[0] == "value"]
+    assert [e[1] for e in errors] == ["RuntimeError('creation 1 failed')"] * failures
+    assert {v[1] for v in values} == {f"creation {failures + 1}"}
+    assert len(values) == COLD_PROCESSES - failures
+    assert store.count_creation() - 1 == failures + 1
+    assert sum(r[2] for r in reports) == failures + 1, "waiters took the lock to read"

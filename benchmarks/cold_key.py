@@ -6,12 +6,21 @@ N processes start together on one key with no value.  Each has
 value there.  One process creates; every other one must get that value.
 
     python benchmarks/cold_key.py --redis redis://127.0.0.1:6379/0
-    python benchmarks/cold_key.py --redis URL --processes 4 16 32 --rounds 3
+    python benchmarks/cold_key.py --redis URL --processes 4 16 32 --rounds 5
+    python benchmarks/cold_key.py --redis URL --modes read-once
+
+Each row is run in two modes, in the same run so that the machine's load
+is the same for both: ``read-once``, the mutex as it is (a waiter for the
+first value waits for the creator's release, then reads the value once),
+and ``queue``, the same mutex behind a wrapper that hides its
+``acquire_or_wait`` (every waiter takes the lock in turn to find the value
+there, as 1.0.0a1 did, though woken by the release instead of polling).
 
 Reported per N (over all processes of all rounds): the median and the
 maximum time from the common start to the value, the Redis commands each
 process sent (its client's commands: the mutex's, the value reads, the
-creator's write; not the benchmark's own start signal and counters), and
+creator's write; not the benchmark's own start signal and counters, nor
+the connection's handshake: each client connects before the start), and
 the number of creations per round, which must be 1.
 """
 
@@ -28,7 +37,16 @@ CREATOR_SECONDS = 0.05
 START_DELAY = 0.3  # seconds from "go" to the common start, for every child to be waiting
 
 
-def child(url: str, prefix: str) -> None:
+class Queueing:
+    """The mutex without its acquire_or_wait: the ``queue`` mode."""
+
+    def __init__(self, mutex):  # type: ignore[no-untyped-def]
+        self.acquire = mutex.acquire
+        self.release = mutex.release
+        self.locked = mutex.locked
+
+
+def child(url: str, prefix: str, mode: str) -> None:
     import redis
 
     import dogpile
@@ -46,7 +64,8 @@ def child(url: str, prefix: str) -> None:
     control = redis.Redis.from_url(url)
     client = CountingRedis.from_url(url)
     value_key = prefix + "value"
-    d = dogpile.Dogpile(60, lock=RedisMutex(client, prefix + "lock"))
+    mutex = RedisMutex(client, prefix + "lock")
+    d = dogpile.Dogpile(60, lock=mutex if mode == "read-once" else Queueing(mutex))
 
     def stored():
         raw = client.get(value_key)
@@ -62,6 +81,10 @@ def child(url: str, prefix: str) -> None:
         client.set(value_key, json.dumps(pair))
         return tuple(pair)
 
+    # Connected before the start, as a running service's pool is: the
+    # figures are the lock's, not a TCP handshake's.
+    client.ping()
+    CountingRedis.sent = 0
     control.incr(prefix + "ready")
     deadline = time.monotonic() + 60
     while True:
@@ -78,14 +101,14 @@ def child(url: str, prefix: str) -> None:
     print(json.dumps({"took": took, "commands": CountingRedis.sent, "value": value}))
 
 
-def run(url: str, processes: int) -> dict:
+def run(url: str, processes: int, mode: str) -> dict:
     import redis
 
     control = redis.Redis.from_url(url)
     prefix = f"dogpile-bench-cold:{uuid.uuid4().hex}:"
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", url, prefix],
+            [sys.executable, __file__, "--child", url, prefix, mode],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -123,30 +146,38 @@ def main() -> None:
     parser.add_argument("--redis", required=True, help="redis://host:port/db of a Redis server")
     parser.add_argument("--processes", type=int, nargs="+", default=[4, 16, 32])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--modes", nargs="+", choices=["read-once", "queue"], default=["read-once", "queue"]
+    )
     args = parser.parse_args()
     print(
-        f"cold key, {CREATOR_SECONDS * 1000:g} ms creator, {args.rounds} rounds per row\n"
-        f"{'processes':>9}  {'p50 ms':>7}  {'max ms':>7}  {'commands/process':>16}"
+        f"cold key, {CREATOR_SECONDS * 1000:g} ms creator, {args.rounds} rounds per row "
+        "(the modes alternate round by round)\n"
+        f"{'mode':>9}  {'processes':>9}  {'p50 ms':>7}  {'max ms':>7}  {'commands/process':>16}"
         f"  {'max':>4}  {'creations/round':>15}"
     )
     for n in args.processes:
-        took, commands, creations = [], [], []
+        rows = {mode: ([], [], []) for mode in args.modes}
         for _ in range(args.rounds):
-            outcome = run(args.redis, n)
-            if outcome["values"] != 1:
-                raise RuntimeError(f"{outcome['values']} different values in one round")
-            took += [r["took"] for r in outcome["results"]]
-            commands += [r["commands"] for r in outcome["results"]]
-            creations.append(outcome["creations"])
-        print(
-            f"{n:>9}  {statistics.median(took) * 1000:>7.0f}  {max(took) * 1000:>7.0f}"
-            f"  {statistics.mean(commands):>16.1f}  {max(commands):>4}"
-            f"  {'/'.join(map(str, creations)):>15}"
-        )
+            for mode in args.modes:
+                outcome = run(args.redis, n, mode)
+                if outcome["values"] != 1:
+                    raise RuntimeError(f"{outcome['values']} different values in one round")
+                took, commands, creations = rows[mode]
+                took += [r["took"] for r in outcome["results"]]
+                commands += [r["commands"] for r in outcome["results"]]
+                creations.append(outcome["creations"])
+        for mode in args.modes:
+            took, commands, creations = rows[mode]
+            print(
+                f"{mode:>9}  {n:>9}  {statistics.median(took) * 1000:>7.0f}"
+                f"  {max(took) * 1000:>7.0f}  {statistics.mean(commands):>16.1f}"
+                f"  {max(commands):>4}  {'/'.join(map(str, creations)):>15}"
+            )
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3])
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4])
     else:
         main()

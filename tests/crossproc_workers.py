@@ -213,6 +213,7 @@ def stampede(
                 "blocking": mutex.blocking,
                 "blocking_with_value": mutex.blocking_with_value,
                 "nonblocking": mutex.nonblocking,
+                "waits": mutex.waits,
             }
         )
     except BaseException as exc:

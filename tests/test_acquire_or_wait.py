@@ -12,6 +12,7 @@ releases, so a False is known to come from the release.
 """
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -683,3 +684,77 @@ def test_file_a_waiter_in_the_holders_process_leaves_its_lock_alone(tmp_path):
     # The watcher left by the timed-out call ended at the release too.
     watcher = other._watcher
     assert watcher is not None and watcher.done.wait(DEADLINE) and watcher.fd is None
+
+
+# -- gevent ------------------------------------------------------------------------------
+
+_GEVENT = r"""
+import fcntl, json, os, sys, tempfile
+import redis
+from dogpile.mutexes import FileMutex, RedisMutex
+
+# Made before the patching (a gunicorn app preloaded before its gevent
+# worker patches): their in-process locks are remade at the first call.
+path = os.path.join(tempfile.mkdtemp(), "lock")
+file_mutex = FileMutex(path)
+redis_mutex = RedisMutex(redis.Redis.from_url(sys.argv[1]), sys.argv[2], lease=10)
+
+from gevent import monkey
+
+monkey.patch_all()
+import gevent
+
+# The file is locked through another open file, as another process would:
+# the waiter must let the greenlet that unlocks it run.
+fd = os.open(path, os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+ticks = []
+
+
+def unlocker():
+    for _ in range(5):
+        ticks.append(1)
+        gevent.sleep(0.005)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+file_waiter = gevent.spawn(file_mutex.acquire_or_wait, 20)
+gevent.joinall([file_waiter, gevent.spawn(unlocker)], timeout=20, raise_error=True)
+log = []
+
+
+def holder():
+    with redis_mutex:
+        log.append("a in")
+        gevent.sleep(0.05)
+        log.append("a out")
+
+
+def waiter():
+    gevent.sleep(0.005)
+    log.append(f"b {redis_mutex.acquire_or_wait(20)}")
+
+
+gevent.joinall([gevent.spawn(holder), gevent.spawn(waiter)], timeout=20, raise_error=True)
+print(json.dumps({
+    "file": [file_waiter.value, len(ticks), file_mutex._fd[0] is None],
+    "redis": log,
+}))
+"""
+
+
+def test_under_gevent_a_waiter_lets_other_greenlets_run(redis_url, redis_client, key):
+    """FileMutex polls instead of blocking the hub in flock (the greenlet
+    that unlocks the file runs), and a greenlet's acquire_or_wait() on a
+    RedisMutex another greenlet holds waits cooperatively and returns False
+    at that release (a blocked hub would starve the holder until the 1 s
+    cap: "b False" before "a out")."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _GEVENT, redis_url, key],
+        capture_output=True, text=True, timeout=3 * DEADLINE,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["file"] == [False, 5, True]
+    assert report["redis"] == ["a in", "a out", "b False"]

@@ -197,7 +197,7 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
 
 
 def _wake_cap(client: Any) -> float:
-    """The longest a waiter blocks in one BLPOP: _WAKE_CAP, and less than
+    """The longest a waiter blocks in one BLPOP or XREAD: _WAKE_CAP, and less than
     the client's socket timeout, which would otherwise cut the wait off."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
@@ -208,7 +208,8 @@ def _wake_cap(client: Any) -> float:
 
 
 def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[float]:
-    """Seconds a waiter may block after ``_ACQUIRE`` returned ``taken`` (<= 0):
+    """Seconds a waiter may block after ``_ACQUIRE`` (or ``_TAKE_OR_LOOK``)
+    returned ``taken`` (<= 0):
     until the holder's lease ends, within ``cap`` and the deadline; None
     when the deadline has passed."""
     wait = cap if taken == 0 else min(cap, (-1 - taken) / 1000)

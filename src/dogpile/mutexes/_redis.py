@@ -75,9 +75,12 @@ class RedisMutex(_MutexBase, _RedisKey):
     release wakes it or the holder's lease runs out (at most 1 s per wait,
     the safety net for a wake-up that was lost; before Redis 6, which has
     no sub-second BLPOP, it polls with exponential back-off capped at
-    0.1 s), and gives up after ``timeout``.  If the server cannot be
-    reached, the client's ConnectionError (or TimeoutError) is raised with
-    the server's address in its message, and nothing is left locked.
+    0.1 s), and gives up after ``timeout``.  ``acquire_or_wait()`` takes a
+    free lock or waits for the release without taking it, woken with every
+    other such waiter by one entry the release adds to a stream.  If the
+    server cannot be reached, the client's ConnectionError (or
+    TimeoutError) is raised with the server's address in its message, and
+    nothing is left locked.
     """
 
     __slots__ = ("_local", "_guard", "_made_with")

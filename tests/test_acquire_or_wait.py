@@ -84,8 +84,30 @@ def poll(condition, what):
         time.sleep(0.005)
 
 
-def blocked_xreads(client):
-    return sum(1 for c in client.client_list() if c.get("cmd") == "xread")
+def tag(key):
+    """The client name of a test's waiters (CLIENT SETNAME), so that other
+    clients of a shared server do not count."""
+    return "aow-" + key.rsplit(":", 1)[-1]
+
+
+def blocked_xreads(client, key):
+    """``key``'s waiters blocked in an XREAD now (``b`` flag)."""
+    return sum(
+        1
+        for c in client.client_list()
+        if c.get("name") == tag(key) and c.get("cmd") == "xread" and "b" in c.get("flags", "")
+    )
+
+
+@pytest.fixture
+def no_cap(monkeypatch):
+    """The 1 s safety net off (DEADLINE instead) for the mutexes made in
+    this process: a test that lines up waiters before the release must not
+    see one return at its cap on a slow machine."""
+    from dogpile.mutexes import _protocol
+
+    monkeypatch.setattr(_protocol, "_WAKE_CAP", DEADLINE)
+    return f"import dogpile.mutexes._protocol as p; p._WAKE_CAP = {DEADLINE!r}\n"
 
 
 def start(target, *args):
@@ -117,7 +139,7 @@ def finish(out):
 
 
 def test_a_free_lock_is_taken_with_one_command(redis_url, redis_client, key):
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     mutex = RedisMutex(client, key, lease=30, auto_renew=False)
     assert mutex.acquire_or_wait() is True
     assert names(client) == ["EVAL"]
@@ -130,15 +152,14 @@ def test_a_free_lock_is_taken_with_one_command(redis_url, redis_client, key):
 
 
 def test_a_held_lock_is_waited_for_with_two_commands_and_not_taken(
-    redis_url, redis_client, key
+    redis_url, redis_client, key, no_cap
 ):
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     waiter = RedisMutex(client, key, lease=30, auto_renew=False)
-    base = blocked_xreads(redis_client)
     out = start(waiter.acquire_or_wait)
-    poll(lambda: blocked_xreads(redis_client) > base, "the waiter blocked in XREAD")
+    poll(lambda: blocked_xreads(redis_client, key) >= 1, "the waiter blocked in XREAD")
     assert not out["done"].is_set(), "returned before the release"
     holder.release()
     assert finish(out) is False
@@ -157,28 +178,27 @@ class Counting(redis.Redis):
     def execute_command(self, *args, **options):
         Counting.sent.append(str(args[0]).upper())
         return super().execute_command(*args, **options)
-client = Counting.from_url(sys.argv[1])
+client = Counting.from_url(sys.argv[1], client_name=sys.argv[4])
 mutex = RedisMutex(client, sys.argv[2], lease=30, auto_renew=False)
 result = mutex.acquire_or_wait(timeout=float(sys.argv[3]))
 print(result, " ".join(Counting.sent), mutex._token is None, flush=True)
 """
 
 
-def test_one_release_wakes_every_waiting_thread_and_process(redis_url, redis_client, key):
+def test_one_release_wakes_every_waiting_thread_and_process(redis_url, redis_client, key, no_cap):
     """8 threads with mutexes of their own and 3 processes, all blocked in
     XREAD before the release: the one release wakes them all, each after
     its two commands, and none takes the lock."""
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()
-    base = blocked_xreads(redis_client)
-    clients = [counting(redis.Redis).from_url(redis_url) for _ in range(8)]
+    clients = [counting(redis.Redis).from_url(redis_url, client_name=tag(key)) for _ in range(8)]
     outs = [
         start(RedisMutex(c, key, lease=30, auto_renew=False).acquire_or_wait, DEADLINE)
         for c in clients
     ]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD_WAITER, redis_url, key, str(DEADLINE)],
+            [sys.executable, "-c", no_cap + CHILD_WAITER, redis_url, key, str(DEADLINE), tag(key)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -186,7 +206,7 @@ def test_one_release_wakes_every_waiting_thread_and_process(redis_url, redis_cli
         for _ in range(3)
     ]
     try:
-        poll(lambda: blocked_xreads(redis_client) >= base + 11, "11 waiters blocked in XREAD")
+        poll(lambda: blocked_xreads(redis_client, key) >= 11, "11 waiters blocked in XREAD")
         assert not any(out["done"].is_set() for out in outs)
         assert all(p.poll() is None for p in procs)
         holder.release()
@@ -213,7 +233,7 @@ def test_a_release_between_the_script_and_the_xread_is_not_lost(redis_url, redis
     the release's entry past it and returns at once with it."""
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
 
     def release_after_the_script(args):
         if str(args[0]).upper() == "EVAL" and holder._token is not None:
@@ -239,7 +259,7 @@ time.sleep(60)
 """
 
 
-def test_a_killed_holders_lease_ends_the_wait(redis_url, redis_client, key):
+def test_a_killed_holders_lease_ends_the_wait(redis_url, redis_client, key, no_cap):
     """The holder (another process, renewing a 0.5 s lease) is killed while
     a waiter is blocked: the waiter returns False once the lease has run
     out, without a release, and its next call takes the lock."""
@@ -250,15 +270,14 @@ def test_a_killed_holders_lease_ends_the_wait(redis_url, redis_client, key):
     )
     try:
         assert proc.stdout.readline().strip() == "held"
-        client = counting(redis.Redis).from_url(redis_url)
+        client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
         waiter = RedisMutex(client, key, lease=30, auto_renew=False)
-        base = blocked_xreads(redis_client)
         out = start(waiter.acquire_or_wait)
-        poll(lambda: blocked_xreads(redis_client) > base, "the waiter blocked in XREAD")
+        poll(lambda: blocked_xreads(redis_client, key) >= 1, "the waiter blocked in XREAD")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(DEADLINE)
-        # Woken by the end of the lease, or by its 1 s cap first when the
-        # kill came after a renewal on a slow machine: then once more.
+        # Woken by the end of the lease (and once more if the wait ended
+        # a millisecond before the key did).
         calls = 1
         while finish(out) is False and redis_client.exists(key) and calls < 3:
             out = start(waiter.acquire_or_wait)
@@ -275,19 +294,18 @@ def test_a_killed_holders_lease_ends_the_wait(redis_url, redis_client, key):
         proc.stdout.close()
 
 
-def test_threads_of_one_process_never_overtake_each_other(redis_url, redis_client, key):
+def test_threads_of_one_process_never_overtake_each_other(redis_url, redis_client, key, no_cap):
     """Thread A holds a RedisMutex; thread B's acquire_or_wait() on the same
     mutex only looks at the key (no SET), waits outside the in-process lock
     and returns False at A's release."""
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     mutex = RedisMutex(client, key, lease=30, auto_renew=False)
     assert mutex.acquire()
     token = mutex._token
     client.sent.clear()
     client.replies.clear()
-    base = blocked_xreads(redis_client)
     out = start(mutex.acquire_or_wait)
-    poll(lambda: blocked_xreads(redis_client) > base, "thread B blocked in XREAD")
+    poll(lambda: blocked_xreads(redis_client, key) >= 1, "thread B blocked in XREAD")
     assert mutex._token == token and redis_client.get(key) == token.encode()
     mutex.release()
     assert finish(out) is False
@@ -302,7 +320,7 @@ def test_a_thread_taking_the_mutex_with_the_key_free_returns_at_once(
 ):
     """Another thread holds the in-process lock (it is taking the key) and
     the key is free: one look, no wait, False; the key is left alone."""
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     mutex = RedisMutex(client, key, lease=30, auto_renew=False)
     assert mutex._local.acquire(False)
     try:
@@ -315,7 +333,7 @@ def test_a_thread_taking_the_mutex_with_the_key_free_returns_at_once(
 
 def test_timeout_and_bad_timeouts(redis_url, redis_client, key):
     redis_client.set(key, "another process", px=60_000)
-    client = counting(redis.Redis).from_url(redis_url)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     waiter = RedisMutex(client, key, lease=30, auto_renew=False)
     assert waiter.acquire_or_wait(timeout=0) is False
     assert names(client) == ["EVAL"], "no wait after the deadline"
@@ -353,16 +371,16 @@ def test_an_unreachable_server_is_named_and_nothing_is_held(key):
 # -- AsyncRedisMutex ---------------------------------------------------------------------
 
 
-def run_async(url, body):
+def run_async(url, name, body):
     """``body(make_client)`` in a new event loop under DEADLINE; the clients
-    it makes (counting ones) are closed at its end."""
+    it makes (counting ones, named ``name``) are closed at its end."""
     import redis.asyncio
 
     async def main():
         clients = []
 
         def make():
-            client = counting(redis.asyncio.Redis).from_url(url)
+            client = counting(redis.asyncio.Redis).from_url(url, client_name=name)
             clients.append(client)
             return client
 
@@ -397,10 +415,10 @@ def test_async_a_free_lock_is_taken_with_one_command(redis_url, redis_client, ke
         await mutex.release()
         assert redis_client.exists(key) == 0 and not mutex._local.locked()
 
-    run_async(redis_url, body)
+    run_async(redis_url, tag(key), body)
 
 
-def test_async_one_release_wakes_every_waiting_task(redis_url, redis_client, key):
+def test_async_one_release_wakes_every_waiting_task(redis_url, redis_client, key, no_cap):
     """6 tasks, each with a mutex and a client of its own, blocked in XREAD
     before the release: all return False after it, with two commands each,
     and nothing is taken.  One of them times out first, after two
@@ -411,14 +429,13 @@ def test_async_one_release_wakes_every_waiting_task(redis_url, redis_client, key
     holder.acquire()
 
     async def body(make):
-        base = blocked_xreads(redis_client)
         clients = [make() for _ in range(7)]
         mutexes = [AsyncRedisMutex(c, key, lease=30, auto_renew=False) for c in clients]
         assert await mutexes[6].acquire_or_wait(timeout=0.05) is False
         assert names(clients[6]) == ["EVAL", "XREAD"] and not clients[6].replies[1]
         tasks = [asyncio.ensure_future(m.acquire_or_wait()) for m in mutexes[:6]]
         await wait_until_async(
-            lambda: blocked_xreads(redis_client) >= base + 6, "6 tasks blocked in XREAD"
+            lambda: blocked_xreads(redis_client, key) >= 6, "6 tasks blocked in XREAD"
         )
         assert not any(t.done() for t in tasks)
         holder.release()
@@ -432,10 +449,10 @@ def test_async_one_release_wakes_every_waiting_task(redis_url, redis_client, key
         with pytest.raises(TypeError, match="not 'str'"):
             await mutexes[0].acquire_or_wait("1")
 
-    run_async(redis_url, body)
+    run_async(redis_url, tag(key), body)
 
 
-def test_async_a_task_of_the_same_mutex_only_looks(redis_url, redis_client, key):
+def test_async_a_task_of_the_same_mutex_only_looks(redis_url, redis_client, key, no_cap):
     from dogpile.mutexes import AsyncRedisMutex
 
     async def body(make):
@@ -443,19 +460,18 @@ def test_async_a_task_of_the_same_mutex_only_looks(redis_url, redis_client, key)
         mutex = AsyncRedisMutex(client, key, lease=30, auto_renew=False)
         assert await mutex.acquire()
         client.sent.clear()
-        base = blocked_xreads(redis_client)
         task = asyncio.ensure_future(mutex.acquire_or_wait())
-        await wait_until_async(lambda: blocked_xreads(redis_client) > base, "XREAD")
+        await wait_until_async(lambda: blocked_xreads(redis_client, key) >= 1, "XREAD")
         await mutex.release()
         assert await task is False
         assert names(client)[:2] == ["EVAL", "XREAD"] and client.sent[0][-1] == "0"
         assert redis_client.exists(key) == 0 and not mutex._local.locked()
 
-    run_async(redis_url, body)
+    run_async(redis_url, tag(key), body)
 
 
 def test_async_cancelled_while_waiting_or_at_any_point_leaves_nothing_held(
-    redis_url, redis_client, key
+    redis_url, redis_client, key, no_cap
 ):
     from dogpile import _aio_locks
     from dogpile.mutexes import AsyncRedisMutex
@@ -463,9 +479,8 @@ def test_async_cancelled_while_waiting_or_at_any_point_leaves_nothing_held(
     async def body(make):
         mutex = AsyncRedisMutex(make(), key, lease=30)
         redis_client.set(key, "another process", px=60_000)
-        base = blocked_xreads(redis_client)
         waiters = [asyncio.ensure_future(mutex.acquire_or_wait()) for _ in range(3)]
-        await wait_until_async(lambda: blocked_xreads(redis_client) >= base + 3, "XREADs")
+        await wait_until_async(lambda: blocked_xreads(redis_client, key) >= 3, "XREADs")
         for waiter in waiters:
             waiter.cancel()
         results = await asyncio.gather(*waiters, return_exceptions=True)
@@ -490,7 +505,7 @@ def test_async_cancelled_while_waiting_or_at_any_point_leaves_nothing_held(
             assert redis_client.exists(key) == 0
             assert not mutex._local.locked()
 
-    run_async(redis_url, body)
+    run_async(redis_url, tag(key), body)
 
 
 _SHUTDOWN = r"""
@@ -697,7 +712,9 @@ from dogpile.mutexes import FileMutex, RedisMutex
 # worker patches): their in-process locks are remade at the first call.
 path = os.path.join(tempfile.mkdtemp(), "lock")
 file_mutex = FileMutex(path)
-redis_mutex = RedisMutex(redis.Redis.from_url(sys.argv[1]), sys.argv[2], lease=10)
+redis_mutex = RedisMutex(
+    redis.Redis.from_url(sys.argv[1], client_name=sys.argv[3]), sys.argv[2], lease=10
+)
 
 from gevent import monkey
 
@@ -751,7 +768,7 @@ def test_under_gevent_a_waiter_lets_other_greenlets_run(redis_url, redis_client,
     at that release (a blocked hub would starve the holder until the 1 s
     cap: "b False" before "a out")."""
     proc = subprocess.run(
-        [sys.executable, "-c", _GEVENT, redis_url, key],
+        [sys.executable, "-c", _GEVENT, redis_url, key, tag(key)],
         capture_output=True, text=True, timeout=3 * DEADLINE,
     )
     assert proc.returncode == 0, proc.stderr

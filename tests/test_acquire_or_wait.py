@@ -331,6 +331,30 @@ def test_a_thread_taking_the_mutex_with_the_key_free_returns_at_once(
     assert redis_client.exists(key) == 0
 
 
+def test_without_a_stream_a_waiter_sleeps_one_step_and_releases_still_work(
+    redis_url, redis_client, key
+):
+    """The path of a server without streams (before Redis 5), taken here
+    through a stream key that holds a string: both scripts' stream commands
+    fail inside pcall, the release still releases, and a waiter sleeps one
+    back-off step (no XREAD) and returns False."""
+    redis_client.set(_stream_key(key), "not a stream", px=60_000)
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
+    waiter = RedisMutex(client, key, lease=30, auto_renew=False)
+    assert waiter.acquire_or_wait(timeout=DEADLINE) is False
+    assert names(client) == ["EVAL"]
+    assert client.replies[0][1] in (b"", ""), "the script read no stream id"
+    assert redis_client.get(key) == holder._token.encode()
+    holder.release()
+    assert redis_client.exists(key) == 0
+    assert redis_client.get(_stream_key(key)) == b"not a stream"
+    assert waiter.acquire_or_wait() is True
+    waiter.release()
+    client.close()
+
+
 def test_timeout_and_bad_timeouts(redis_url, redis_client, key):
     redis_client.set(key, "another process", px=60_000)
     client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))

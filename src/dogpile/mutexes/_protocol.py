@@ -229,7 +229,9 @@ def _wake_plan(
     and did not take the key: None to return at once (the key was free and
     only looked at, or the deadline has passed); else (the stream id to
     XREAD from, or None on a server without streams, the XREAD's BLOCK in
-    ms, the seconds to sleep instead when there is no stream to read)."""
+    ms, the seconds to sleep instead when there is no stream to read: one
+    back-off step, as acquire() polls there, after which the caller looks
+    at the value and asks again)."""
     code = int(reply[0])
     if code == 2:
         return None
@@ -238,14 +240,12 @@ def _wake_plan(
         return None
     # XREAD's BLOCK 0 would wait for ever; it counts whole milliseconds.
     block = max(1, math.ceil(wait * 1000))
+    sleep = min(wait, _BACKOFF_CAP * (0.5 + 0.5 * random.random()))
     last = reply[1]
     if isinstance(last, str):
         last = last.encode()
-    if not last:
-        # Before Redis 5 (untested): one back-off step, as acquire() polls
-        # there, and the caller looks at the value and asks again.
-        return None, block, min(wait, _BACKOFF_CAP * (0.5 + 0.5 * random.random()))
-    return bytes(last), block, wait
+    # "": a server without streams, before Redis 5 (untested).
+    return (bytes(last) if last else None), block, sleep
 
 
 def _single_connection(client: Any) -> bool:
@@ -435,7 +435,8 @@ class _RedisKey:
         """How acquire_or_wait() waits for a release after its try replied
         ``reply`` (not taken): None to return False at once; else (the
         ``streams`` argument of XREAD, or None to sleep instead, its BLOCK
-        in ms, the seconds to sleep)."""
+        in ms, the seconds to sleep instead of the XREAD or after it
+        failed)."""
         plan = _wake_plan(reply, deadline, self._wake_cap)
         if plan is None:
             return None

@@ -159,19 +159,19 @@ class RedisMutex(_MutexBase, _RedisKey):
         token = secrets.token_hex(16)
         # Holding the in-process lock is what allows taking the key; it is
         # never held while this waits.
-        local = self._local.acquire(False)
+        mine = self._local.acquire(False)
         try:
-            reply = self._take_or_look(token, local)
-            if local and self._taken(reply):
+            reply = self._take_or_look(token, mine)
+            if mine and self._taken(reply):
                 try:
                     self._start_holding(token)
                 except BaseException:
                     self._delete_if_ours(token)
                     raise
-                local = False  # held: release() lets it go
+                mine = False  # held: release() lets it go
                 return True
         finally:
-            if local:
+            if mine:
                 self._local.release()
         plan = self._wake_plan(reply, deadline)
         if plan is None:

@@ -190,6 +190,7 @@ def redis_oldest(session: nox.Session) -> None:
         "tests/test_mutexes.py",
         "tests/test_aio.py",
         "tests/test_cross_process.py",
+        "tests/test_acquire_or_wait.py",
         *session.posargs,
         env={"DOGPILE_NO_EXTENSIONS": None},
     )

@@ -16,7 +16,11 @@ timeout=-1) -> bool``, ``release()``, ``locked()`` and ``with``.  Both may be
 released by another thread than the one that acquired them (a background
 creator releases the lock its caller took), so neither keeps anything
 thread-local.  Inside one process they behave as one lock: a second thread
-waits on an in-process lock, not on the file or the server.
+waits on an in-process lock, not on the file or the server.  Each also has
+``acquire_or_wait(timeout=-1) -> bool`` (awaited on AsyncRedisMutex), for a
+caller that wants a first value rather than the lock: it takes a free lock
+(True), or waits for the holder's release without taking it (False); one
+release wakes every such waiter.
 
 The ``redis`` package is an optional extra (``pip install
 "dogpile[redis]"``), imported only when a RedisMutex is made.

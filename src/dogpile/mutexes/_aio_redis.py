@@ -167,6 +167,69 @@ class AsyncRedisMutex(_RedisKey):
             local.release()
         return taken
 
+    async def acquire_or_wait(self, timeout: float = -1) -> bool:
+        """Take the lock if it is free and return True, held as after
+        ``acquire()``; otherwise wait, at most ``timeout`` seconds unless it
+        is -1, for its holder to release it, and return False without
+        taking it.
+
+        RedisMutex.acquire_or_wait() for asyncio: the same two commands for
+        a wait woken by the release (a script, then XREAD), one for a take,
+        the same broadcast to every waiter and the same reasons for a
+        False (a release, the holder's lease running out, the 1 s safety
+        net, the ``timeout``, the key free but another task of this process
+        taking it).  A task of this process that holds or is taking the
+        mutex is never overtaken.  A cancellation leaves nothing held: a
+        key its try may have set is taken back, even after the loop ends.
+        """
+        deadline = _deadline(True, timeout)
+        local = self._local_lock()
+        token = secrets.token_hex(16)
+        # Holding the in-process lock is what allows taking the key; it is
+        # never held while this waits.
+        mine = _try_acquire_now(local)
+        try:
+            reply = await self._take_or_look(token, mine)
+            if mine and self._taken(reply):
+                self._start_holding(token)
+                mine = False  # held: release() lets it go
+                return True
+        finally:
+            if mine:
+                local.release()
+        plan = self._wake_plan(reply, deadline)
+        if plan is None:
+            return False
+        streams, block, sleep = plan
+        if streams is not None:
+            try:
+                # Returns when a release adds to the stream (at once if one
+                # already has since the script), or after ``block`` ms.
+                await self._client.xread(streams, count=1, block=block)
+                return False
+            except Exception as exc:
+                self._stream_failed(exc)
+        await asyncio.sleep(sleep)
+        return False
+
+    async def _take_or_look(self, token: str, take: bool) -> Any:
+        command = asyncio.ensure_future(
+            self._client.eval(*self._take_or_look_command(token, take))
+        )
+        try:
+            # Shielded, and taken back if cancelled, as in _acquire_key.
+            return await asyncio.shield(command)
+        except asyncio.CancelledError:
+            if take:
+                self._take_back_later(command, token)
+            raise
+        except BaseException as exc:
+            if take and self._take_back_after(exc):
+                await self._delete_if_ours(token)
+            if isinstance(exc, self._errors):
+                raise self._unreachable(exc, "acquire_or_wait()") from exc
+            raise
+
     async def _acquire_key(self, blocking: bool, deadline: Optional[float]) -> bool:
         # A new token each time: a renewer or a release left over from an
         # earlier acquisition can never match this one's key.
@@ -233,7 +296,7 @@ class AsyncRedisMutex(_RedisKey):
                 await asyncio.wait((command,))
             if not command.cancelled():
                 exc = command.exception()
-                if exc is None and not command.result() > 0:
+                if exc is None and not self._taken(command.result()):
                     return  # it took nothing
                 if not self._take_back_after(exc):
                     return  # it never reached the server; the lease ends it anyway

@@ -44,8 +44,16 @@ if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
+    def _look_unlocked(fd: int, block: bool) -> bool:
+        # No shared lock: take the byte for an instant.  Never blocks.
+        if not _try_lock_file(fd):
+            return False
+        _unlock_file(fd)
+        return True
+
     # No blocking lock with the GIL released to wait on in a thread: poll.
     _FileWaiter = None
+    _ReleaseWatcher = None
 
 else:
     import fcntl
@@ -64,6 +72,61 @@ else:
 
     def _unlock_file(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _look_unlocked(fd: int, block: bool) -> bool:
+        """Is the file free of an exclusive lock (waiting for one to end, if
+        ``block``)?  Holds a shared lock on ``fd`` for an instant: every
+        shared waiter is granted at the holder's unlock, together, and none
+        keeps it.  ``fd`` must be an open file of its own, never a holder's
+        (or a dup of it): flock on the same open file would turn the
+        holder's exclusive lock into this shared one."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if block else fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+
+    class _ReleaseWatcher:
+        """A thread blocked in a shared flock on an open file of its own, for
+        an acquire_or_wait() with a timeout: ``done`` is set when the
+        holder's lock ends (or the flock failed: ``error``).  It outlives a
+        caller that gave up, holding nothing while it waits and a shared
+        lock for an instant after the release; the mutex's next waiters
+        wait on it instead of starting another."""
+
+        __slots__ = ("fd", "done", "error")
+
+        def __init__(self, fd: int, path: str) -> None:
+            self.fd: Optional[int] = fd
+            self.done = threading.Event()
+            self.error: Optional[BaseException] = None
+            try:
+                threading.Thread(
+                    target=self._run, name=f"dogpile FileMutex watcher {path!r}", daemon=True
+                ).start()
+            except BaseException:
+                self.fd = None
+                os.close(fd)
+                raise
+
+        def _run(self) -> None:
+            try:
+                _look_unlocked(self.fd, True)  # type: ignore[arg-type]
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                # Forgotten before it is closed: a child forked in between
+                # leaks its copy instead of closing a number reused since.
+                fd, self.fd = self.fd, None
+                if fd is not None:
+                    os.close(fd)
+                self.done.set()
+
+        def wait(self, deadline: float) -> None:
+            self.done.wait(max(0.0, deadline - time.monotonic()))
+            if self.done.is_set() and self.error is not None:
+                raise self.error
 
     class _FileWaiter:
         """A thread blocked in flock on its own descriptor (a dup of the
@@ -205,7 +268,9 @@ class FileMutex(_MutexBase):
     serialized by an in-process lock before they reach the file.
     """
 
-    __slots__ = ("_path", "_local", "_guard", "_made_with", "_fd", "_waiter", "__weakref__")
+    __slots__ = (
+        "_path", "_local", "_guard", "_made_with", "_fd", "_waiter", "_watcher", "__weakref__",
+    )
 
     def __init__(self, path: "Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]") -> None:
         try:
@@ -228,6 +293,9 @@ class FileMutex(_MutexBase):
         self._fd: List[Optional[int]] = [None]
         # A thread blocked in flock for a timed acquire() (see _wait_within).
         self._waiter: Optional[Any] = None
+        # A thread blocked in a shared flock for acquire_or_wait() with a
+        # timeout (see _wait_released).
+        self._watcher: Optional[Any] = None
         # A mutex dropped while held would otherwise keep the file locked
         # until the process exits; closing the descriptor unlocks it.
         weakref.finalize(self, _close_fd_in, self._fd)
@@ -272,6 +340,86 @@ class FileMutex(_MutexBase):
             raise
         self._fd[0] = locked
         return True
+
+    def acquire_or_wait(self, timeout: float = -1) -> bool:
+        """Take the lock if it is free and return True, held as after
+        ``acquire()``; otherwise wait, at most ``timeout`` seconds unless it
+        is -1, for its holder to release it, and return False without
+        taking it.
+
+        For a caller that wants what the holder is making (a first value),
+        not the lock: after a False it reads the value once, and calls
+        again only if it is still missing.  A False also comes at the
+        ``timeout``, or at once when another thread of this process is
+        taking the mutex and the file is free.
+
+        On POSIX the wait is a shared ``flock`` on an open file of its own
+        (never the holder's), blocking without the GIL: the kernel grants
+        every shared waiter, in any process, when the exclusive holder
+        unlocks, and each lets go at once.  With a timeout a thread blocks
+        in it instead (one per mutex at a time, left to finish after a
+        caller that gave up: it holds nothing while it waits, and a shared
+        lock for an instant after the release, when an ``acquire(False)``
+        elsewhere may find the file busy).  Under gevent or eventlet, and
+        on Windows, it polls with back-off instead.
+        """
+        deadline = _deadline(True, timeout)
+        if _thread.allocate_lock is not self._made_with:
+            self._local = threading.Lock()
+            self._guard = threading.Lock()
+            self._made_with = _thread.allocate_lock
+        # Another thread of this process holds or is taking the mutex: wait
+        # for the file like another process, without the in-process lock.
+        if self._local.acquire(False):
+            held = False
+            try:
+                fd = self._open()
+                try:
+                    held = _try_lock_file(fd)
+                finally:
+                    if not held:
+                        os.close(fd)
+                if held:
+                    self._fd[0] = fd
+            finally:
+                if not held:
+                    self._local.release()
+            if held:
+                return True
+        self._wait_released(deadline)
+        return False
+
+    def _wait_released(self, deadline: Optional[float]) -> None:
+        """Wait until no one holds the file (or the deadline); hold nothing."""
+        if _ReleaseWatcher is None or _cooperative():
+            # Never block the OS thread under gevent or eventlet (time.sleep
+            # is then the hub's); Windows has no shared lock to wait on.
+            fd = self._open()
+            try:
+                delay: Optional[float] = _BACKOFF_FIRST
+                while not _look_unlocked(fd, False):
+                    delay = _backoff(delay, deadline)  # type: ignore[arg-type]
+                    if delay is None:
+                        return
+            finally:
+                os.close(fd)
+            return
+        if deadline is None:
+            fd = self._open()
+            try:
+                # A signal interrupts it and Python runs the handler (Ctrl-C
+                # raises); the descriptor's close lets go of anything.
+                _look_unlocked(fd, True)
+            finally:
+                os.close(fd)
+            return
+        with self._guard:
+            watcher = self._watcher
+            if watcher is None or watcher.done.is_set():
+                if deadline - time.monotonic() <= 0:
+                    return
+                watcher = self._watcher = _ReleaseWatcher(self._open(), self._path)
+        watcher.wait(deadline)
 
     def _lock_file(self, fd: int, blocking: bool, deadline: Optional[float]) -> Optional[int]:
         """Lock the file; return the descriptor that holds the lock (``fd``,
@@ -358,6 +506,10 @@ class FileMutex(_MutexBase):
         self._waiter = None
         if waiter is not None:
             _close_fd_in([waiter.fd])
+        watcher = self._watcher
+        self._watcher = None
+        if watcher is not None:
+            _close_fd_in([watcher.fd])
         self._local = threading.Lock()
         self._guard = threading.Lock()
 

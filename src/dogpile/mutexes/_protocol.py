@@ -6,11 +6,12 @@ commands and wait.  redis-py is imported only when a mutex is made."""
 
 import inspect
 import math
+import random
 import time
-from typing import Any, Optional, Tuple, Type, Union
+from typing import Any, Dict, Optional, Tuple, Type, Union
 
 from .._errors import LockError
-from ._common import LeaseLost
+from ._common import _BACKOFF_CAP, LeaseLost
 
 # SET NX PX, made idempotent: redis-py resends a command whose reply was lost
 # to a connection failure (by default since 6.0), and a plain SET NX resent
@@ -61,20 +62,71 @@ return 0
 # default: 3 retries, back-off capped at 0.5 s, each after a socket
 # timeout); a note per release costs one small key for that minute.
 #
-# It also wakes a waiter: KEYS[3] is a list that waiters block on (BLPOP)
-# instead of polling the key.  It holds one element after a release (any
-# number of releases), and expires after a lease (ARGV[3]) so that nothing
-# is left behind; a waiter that pops a stale one tries the key once more
-# and waits again.
+# It also wakes the waiters.  KEYS[3] is a list that acquire()'s waiters
+# block on (BLPOP) instead of polling the key: a pop wakes one of them, the
+# one that will take the lock next.  It holds one element after a release
+# (any number of releases), and expires after a lease (ARGV[3]) so that
+# nothing is left behind; a waiter that pops a stale one tries the key once
+# more and waits again.  KEYS[4] is a stream that acquire_or_wait()'s
+# waiters read (XREAD BLOCK) from the last entry id they saw: one entry
+# wakes every one of them (see _TAKE_OR_LOOK).  It keeps only its last
+# entry and expires after a lease too.  pcall: a server without streams
+# (before Redis 5) still releases; its waiters poll (see _wake_plan).
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
     redis.call('del', KEYS[3])
     redis.call('rpush', KEYS[3], '1')
     redis.call('pexpire', KEYS[3], ARGV[3])
-    return redis.call('del', KEYS[1])
+    local deleted = redis.call('del', KEYS[1])
+    local added = redis.pcall('xadd', KEYS[4], 'MAXLEN', '1', '*', 'released', '1')
+    if type(added) ~= 'table' then
+        redis.call('pexpire', KEYS[4], ARGV[3])
+    end
+    return deleted
 end
 return redis.call('exists', KEYS[2])
+"""
+
+# acquire_or_wait()'s one try, atomic: _ACQUIRE's SET NX (ARGV[3] = '1'),
+# or only a look at the key (ARGV[3] = '0': a thread or task of this
+# process holds the key or is taking it, and must not be overtaken), and
+# when the key is not taken, the id of the wake-up stream's last entry.
+# The waiter's XREAD starts from that id, so a release that lands after
+# this script, even before the XREAD is sent, has added an entry past it
+# and the XREAD returns at once: no wake-up is lost between the look and
+# the wait, and every waiter reads the same entry (a broadcast, where
+# BLPOP wakes one).
+#
+# Reply {code, id}.  code: 1 taken (also when the key is already this
+# token's: a resent command), 2 the key is free and was only looked at,
+# 0 held without an expiry, <= -1 held with -1 - code ms of lease left.
+# id: the last entry's id, "0-0" before the first release (any entry is
+# past it), "" on a server without streams.
+_TAKE_OR_LOOK = """
+if ARGV[3] == '1' then
+    if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+        return {1, ''}
+    end
+    if redis.call('get', KEYS[1]) == ARGV[1] then
+        return {redis.call('pexpire', KEYS[1], ARGV[2]), ''}
+    end
+end
+local left = redis.call('pttl', KEYS[1])
+if left == -2 then
+    return {2, ''}
+end
+local id = '0-0'
+local last = redis.pcall('xrevrange', KEYS[2], '+', '-', 'COUNT', 1)
+if last.err then
+    id = ''
+elseif last[1] then
+    id = last[1][1]
+end
+if left < 0 then
+    return {0, id}
+end
+return {-1 - left, id}
 """
 _RELEASED_MS = 60_000
 
@@ -94,6 +146,12 @@ def _released_key(name: Union[str, bytes], token: str) -> bytes:
 def _wake_key(name: Union[str, bytes]) -> bytes:
     """The list that waiters for ``name`` block on (see _RELEASE)."""
     return _sibling_key(name, b":dogpile-wake")
+
+
+def _stream_key(name: Union[str, bytes]) -> bytes:
+    """The stream that acquire_or_wait()'s waiters for ``name`` read (see
+    _RELEASE and _TAKE_OR_LOOK)."""
+    return _sibling_key(name, b":dogpile-released-stream")
 
 
 def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
@@ -139,7 +197,7 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
 
 
 def _wake_cap(client: Any) -> float:
-    """The longest a waiter blocks in one BLPOP: _WAKE_CAP, and less than
+    """The longest a waiter blocks in one BLPOP or XREAD: _WAKE_CAP, and less than
     the client's socket timeout, which would otherwise cut the wait off."""
     pool = getattr(client, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
@@ -150,7 +208,8 @@ def _wake_cap(client: Any) -> float:
 
 
 def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[float]:
-    """Seconds a waiter may block after ``_ACQUIRE`` returned ``taken`` (<= 0):
+    """Seconds a waiter may block after ``_ACQUIRE`` (or ``_TAKE_OR_LOOK``)
+    returned ``taken`` (<= 0):
     until the holder's lease ends, within ``cap`` and the deadline; None
     when the deadline has passed."""
     wait = cap if taken == 0 else min(cap, (-1 - taken) / 1000)
@@ -161,6 +220,32 @@ def _wake_wait(taken: int, deadline: Optional[float], cap: float) -> Optional[fl
         wait = min(wait, left)
     # BLPOP's 0 would wait for ever; its resolution is a millisecond.
     return max(wait, 0.001)
+
+
+def _wake_plan(
+    reply: Any, deadline: Optional[float], cap: float
+) -> "Optional[Tuple[Optional[bytes], int, float]]":
+    """How acquire_or_wait() waits after ``_TAKE_OR_LOOK`` replied ``reply``
+    and did not take the key: None to return at once (the key was free and
+    only looked at, or the deadline has passed); else (the stream id to
+    XREAD from, or None on a server without streams, the XREAD's BLOCK in
+    ms, the seconds to sleep instead when there is no stream to read: one
+    back-off step, as acquire() polls there, after which the caller looks
+    at the value and asks again)."""
+    code = int(reply[0])
+    if code == 2:
+        return None
+    wait = _wake_wait(code, deadline, cap)
+    if wait is None:
+        return None
+    # XREAD's BLOCK 0 would wait for ever; it counts whole milliseconds.
+    block = max(1, math.ceil(wait * 1000))
+    sleep = min(wait, _BACKOFF_CAP * (0.5 + 0.5 * random.random()))
+    last = reply[1]
+    if isinstance(last, str):
+        last = last.encode()
+    # "": a server without streams, before Redis 5 (untested).
+    return (bytes(last) if last else None), block, sleep
 
 
 def _single_connection(client: Any) -> bool:
@@ -240,6 +325,8 @@ class _RedisKey:
         "_token",
         "_renewal",
         "_wake_list",
+        "_wake_stream",
+        "_streams",
         "_wake",
         "_wake_cap",
         "__weakref__",
@@ -266,6 +353,8 @@ class _RedisKey:
         self._client = _mutex_client(client)
         self._wake_list = _wake_key(name)
         self._wake = True  # False once the server refused a BLPOP (Redis < 6)
+        self._wake_stream = _stream_key(name)
+        self._streams = True  # False once the server refused an XREAD (Redis < 5)
         self._wake_cap = _wake_cap(self._client)
         self._name = name
         self._auto_renew = bool(auto_renew)
@@ -323,12 +412,53 @@ class _RedisKey:
         """The arguments of ``eval`` that try to take the key for ``token``."""
         return (_ACQUIRE, 1, self._name, token, self._lease_ms)
 
+    def _take_or_look_command(self, token: str, take: bool) -> Tuple[Any, ...]:
+        """The arguments of ``eval`` of acquire_or_wait()'s try: take the key
+        for ``token`` (or only look, if not ``take``), and if not taken, read
+        the wake-up stream's last id."""
+        return (
+            _TAKE_OR_LOOK, 2, self._name, self._wake_stream,
+            token, self._lease_ms, "1" if take else "0",
+        )
+
+    @staticmethod
+    def _taken(reply: Any) -> bool:
+        """Did the script that replied ``reply`` take the key: ``_ACQUIRE``
+        (a number) or ``_TAKE_OR_LOOK`` (a pair)?"""
+        if isinstance(reply, (list, tuple)):
+            return int(reply[0]) == 1
+        return bool(reply > 0)
+
+    def _wake_plan(
+        self, reply: Any, deadline: Optional[float]
+    ) -> "Optional[Tuple[Optional[Dict[bytes, bytes]], int, float]]":
+        """How acquire_or_wait() waits for a release after its try replied
+        ``reply`` (not taken): None to return False at once; else (the
+        ``streams`` argument of XREAD, or None to sleep instead, its BLOCK
+        in ms, the seconds to sleep instead of the XREAD or after it
+        failed)."""
+        plan = _wake_plan(reply, deadline, self._wake_cap)
+        if plan is None:
+            return None
+        last, block, sleep = plan
+        if last is None or not self._streams:
+            return None, block, sleep
+        return {self._wake_stream: last}, block, sleep
+
+    def _stream_failed(self, exc: Exception) -> None:
+        """An XREAD failed with ``exc``: raise if the server is unreachable;
+        otherwise the server has no streams (before Redis 5): sleep from now
+        on (see _wake_plan)."""
+        if isinstance(exc, self._errors):
+            raise self._unreachable(exc, "acquire_or_wait()") from exc
+        self._streams = False
+
     def _release_command(self, token: str) -> Tuple[Any, ...]:
         """The arguments of ``eval`` that release ``token``'s key."""
         name = self._name
         return (
-            _RELEASE, 3, name, _released_key(name, token), self._wake_list,
-            token, _RELEASED_MS, self._lease_ms,
+            _RELEASE, 4, name, _released_key(name, token), self._wake_list,
+            self._wake_stream, token, _RELEASED_MS, self._lease_ms,
         )
 
     def _delete_command(self, token: str) -> Tuple[Any, ...]:

@@ -5,6 +5,7 @@ lock and a thread renews the lease."""
 import _thread
 import secrets
 import threading
+import time
 import weakref
 from typing import Any, List, Optional, Union
 
@@ -74,9 +75,12 @@ class RedisMutex(_MutexBase, _RedisKey):
     release wakes it or the holder's lease runs out (at most 1 s per wait,
     the safety net for a wake-up that was lost; before Redis 6, which has
     no sub-second BLPOP, it polls with exponential back-off capped at
-    0.1 s), and gives up after ``timeout``.  If the server cannot be
-    reached, the client's ConnectionError (or TimeoutError) is raised with
-    the server's address in its message, and nothing is left locked.
+    0.1 s), and gives up after ``timeout``.  ``acquire_or_wait()`` takes a
+    free lock or waits for the release without taking it, woken with every
+    other such waiter by one entry the release adds to a stream.  If the
+    server cannot be reached, the client's ConnectionError (or
+    TimeoutError) is raised with the server's address in its message, and
+    nothing is left locked.
     """
 
     __slots__ = ("_local", "_guard", "_made_with")
@@ -118,6 +122,83 @@ class RedisMutex(_MutexBase, _RedisKey):
         if not taken:
             self._local.release()
         return taken
+
+    def acquire_or_wait(self, timeout: float = -1) -> bool:
+        """Take the lock if it is free and return True, held as after
+        ``acquire()``; otherwise wait, at most ``timeout`` seconds unless it
+        is -1, for its holder to release it, and return False without
+        taking it.
+
+        For a caller that wants what the holder is making (a first value),
+        not the lock: after a False it reads the value once, and calls
+        again only if the value is still missing.  A False also comes when
+        a wait ends without a release: the holder's lease ran out (it
+        died), the 1 s safety net (less with a short ``socket_timeout``)
+        for a wake-up that was missed or a lease renewed meanwhile, the
+        ``timeout``, or the key was free but another thread of this
+        process is taking it.  It never returns False for a lock it found
+        free and could take.
+
+        A take costs one command; a wait woken by the release costs two
+        (one script that tries the key and reads the wake-up stream's last
+        id, then an XREAD that blocks until the release adds past that id).
+        One release wakes every waiter in acquire_or_wait(), in any
+        process, thread or task (``acquire()``'s waiters are woken one at
+        a time).  Another thread of this process that holds or is taking
+        the mutex is never overtaken: this one only looks at the key and
+        waits for the release, without the in-process lock.  Before
+        Redis 5 (no streams; untested) the wait is a back-off sleep.
+        Failures and Ctrl-C leave nothing held; an unreachable server
+        raises as ``acquire()`` does.
+        """
+        deadline = _deadline(True, timeout)
+        if _thread.allocate_lock is not self._made_with:
+            self._local = threading.Lock()
+            self._guard = threading.Lock()
+            self._made_with = _thread.allocate_lock
+        token = secrets.token_hex(16)
+        # Holding the in-process lock is what allows taking the key; it is
+        # never held while this waits.
+        mine = self._local.acquire(False)
+        try:
+            reply = self._take_or_look(token, mine)
+            if mine and self._taken(reply):
+                try:
+                    self._start_holding(token)
+                except BaseException:
+                    self._delete_if_ours(token)
+                    raise
+                mine = False  # held: release() lets it go
+                return True
+        finally:
+            if mine:
+                self._local.release()
+        plan = self._wake_plan(reply, deadline)
+        if plan is None:
+            return False
+        streams, block, sleep = plan
+        if streams is not None:
+            try:
+                # Returns when a release adds to the stream (at once if one
+                # already has since the script), or after ``block`` ms.
+                self._client.xread(streams, count=1, block=block)
+                return False
+            except Exception as exc:
+                self._stream_failed(exc)
+        time.sleep(sleep)
+        return False
+
+    def _take_or_look(self, token: str, take: bool) -> Any:
+        try:
+            return self._client.eval(*self._take_or_look_command(token, take))
+        except BaseException as exc:
+            # As in _acquire_key: a SET that may have reached the server is
+            # taken back.
+            if take and self._take_back_after(exc):
+                self._delete_if_ours(token)
+            if isinstance(exc, self._errors):
+                raise self._unreachable(exc, "acquire_or_wait()") from exc
+            raise
 
     def _acquire_key(self, blocking: bool, deadline: Optional[float]) -> bool:
         # A new token each time: a renewer or a release left over from an

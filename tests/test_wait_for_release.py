@@ -175,7 +175,9 @@ def test_a_failed_creation_is_retried_once_not_once_per_waiter(impl):
     assert isinstance(first, RuntimeError)
     assert others == ["value"] * WAITERS
     assert creator.calls == 2, "one retry after the failure"
-    assert lock.taken == 2
+    # A waiter whose read came before the retry stored its value may find
+    # the lock free after it, and take it to find the value there.
+    assert lock.taken >= 2
     assert lock.plain == 0
     assert not lock.locked()
 
@@ -232,8 +234,7 @@ def test_wait_timeout_bounds_the_wait_and_leaves_nothing_held(impl):
     assert lock.acquire_or_wait()  # another process holds it, and never creates
     d = impl.Dogpile(60, lock=lock, wait_timeout=0.05)
     with pytest.raises(LockTimeout, match="wait_timeout"):
-        with d.acquire(lambda: pytest.fail("created"), value_and_created_fn=store.value_and_created):
-            pass
+        d.get(lambda: pytest.fail("created"), value_and_created_fn=store.value_and_created)
     assert d.stats()["timeouts"] == 1 and d.stats()["waited"] == 1
     assert lock.taken == 1 and lock.waiting == 0
     lock.release()

@@ -8,6 +8,7 @@ value there.  One process creates; every other one must get that value.
     python benchmarks/cold_key.py --redis redis://127.0.0.1:6379/0
     python benchmarks/cold_key.py --redis URL --processes 4 16 32 --rounds 5
     python benchmarks/cold_key.py --redis URL --modes read-once
+    python benchmarks/cold_key.py --redis URL --exit-at-once
 
 Each row is run in two modes, in the same run so that the machine's load
 is the same for both: ``read-once``, the mutex as it is (a waiter for the
@@ -46,7 +47,7 @@ class Queueing:
         self.locked = mutex.locked
 
 
-def child(url: str, prefix: str, mode: str) -> None:
+def child(url: str, prefix: str, mode: str, exit_at_once: bool) -> None:
     import redis
 
     import dogpile
@@ -98,17 +99,23 @@ def child(url: str, prefix: str, mode: str) -> None:
     time.sleep(max(0.0, start_at - time.time()))
     with d.acquire(create, value_and_created_fn=stored) as value:
         took = time.time() - start_at
-    print(json.dumps({"took": took, "commands": CountingRedis.sent, "value": value}))
+    print(json.dumps({"took": took, "commands": CountingRedis.sent, "value": value}), flush=True)
+    if not exit_at_once:
+        # Stay until every process has its value: an interpreter shutting
+        # down costs milliseconds of CPU, which would be taken from the
+        # processes still waiting, on a machine with fewer cores than
+        # processes.
+        control.blpop([prefix + "done"], timeout=60)
 
 
-def run(url: str, processes: int, mode: str) -> dict:
+def run(url: str, processes: int, mode: str, exit_at_once: bool = False) -> dict:
     import redis
 
     control = redis.Redis.from_url(url)
     prefix = f"dogpile-bench-cold:{uuid.uuid4().hex}:"
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", url, prefix, mode],
+            [sys.executable, __file__, "--child", url, prefix, mode, str(int(exit_at_once))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -122,7 +129,10 @@ def run(url: str, processes: int, mode: str) -> dict:
                 raise RuntimeError("the children did not get ready")
             time.sleep(0.01)
         control.set(prefix + "start", repr(time.time() + START_DELAY))
+        lines = [c.stdout.readline() for c in children]  # type: ignore[union-attr]
+        control.rpush(prefix + "done", *[b"1"] * processes)
         outputs = [c.communicate(timeout=60) for c in children]
+        outputs = [(line + out, err) for line, (out, err) in zip(lines, outputs)]
     finally:
         for c in children:
             if c.poll() is None:
@@ -149,10 +159,17 @@ def main() -> None:
     parser.add_argument(
         "--modes", nargs="+", choices=["read-once", "queue"], default=["read-once", "queue"]
     )
+    parser.add_argument(
+        "--exit-at-once",
+        action="store_true",
+        help="each process exits as soon as it has its value (by default all stay until the "
+        "last has its value, so that exiting ones take no CPU from those still waiting)",
+    )
     args = parser.parse_args()
     print(
         f"cold key, {CREATOR_SECONDS * 1000:g} ms creator, {args.rounds} rounds per row "
-        "(the modes alternate round by round)\n"
+        "(the modes alternate round by round)"
+        f"{'; each process exits at once' if args.exit_at_once else ''}\n"
         f"{'mode':>9}  {'processes':>9}  {'p50 ms':>7}  {'max ms':>7}  {'commands/process':>16}"
         f"  {'max':>4}  {'creations/round':>15}"
     )
@@ -160,7 +177,7 @@ def main() -> None:
         rows = {mode: ([], [], []) for mode in args.modes}
         for _ in range(args.rounds):
             for mode in args.modes:
-                outcome = run(args.redis, n, mode)
+                outcome = run(args.redis, n, mode, args.exit_at_once)
                 if outcome["values"] != 1:
                     raise RuntimeError(f"{outcome['values']} different values in one round")
                 took, commands, creations = rows[mode]
@@ -177,7 +194,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4])
+    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1")
     else:
         main()

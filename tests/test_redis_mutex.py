@@ -630,30 +630,72 @@ def test_a_resent_release_of_a_lock_taken_meanwhile_is_still_lease_lost(redis_cl
 
 def command_counts(client):
     stats = client.info("commandstats")
-    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "blpop")}
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("eval", "blpop", "xread")
+    }
 
 
-def blocked(client):
-    """How many clients wait in a BLPOP now (this server is the tests')."""
-    return sum(1 for c in client.client_list() if c.get("cmd") == "blpop")
+def blocked(client, command="blpop"):
+    """How many clients wait in ``command`` now (this server is the tests')."""
+    return sum(1 for c in client.client_list() if c.get("cmd") == command)
 
 
-def poll_blocked(client, n):
-    poll(lambda: blocked(client) >= n, f"{n} client(s) blocked in BLPOP")
+def poll_blocked(client, n, command="blpop"):
+    poll(lambda: blocked(client, command) >= n, f"{n} client(s) blocked in {command.upper()}")
 
 
-def test_a_waiter_is_woken_by_the_release_not_by_polling(impl, redis_url, redis_client, key):
-    """The waiter (here through Lock, dogpile.cache's API) tries the key
-    once, blocks on the server until the holder's release wakes it, takes
-    the lock, and finds the value the holder created: three commands of
-    its own, however long the holder held the lock."""
+def test_a_waiter_is_woken_by_the_release_not_by_polling(redis_url, redis_client, key):
+    """acquire() tries the key once, blocks on the server until the
+    holder's release wakes it, and takes the lock: two tries and a BLPOP,
+    however long the holder held the lock."""
+    holder = RedisMutex(redis_client, key, lease=30)
+    holder.acquire()
+    taken = []
+
+    def wait():
+        client = redis.Redis.from_url(redis_url)
+        try:
+            mutex = RedisMutex(client, key, lease=30)
+            taken.append(mutex.acquire(timeout=DEADLINE))
+            mutex.release()
+        finally:
+            client.close()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    before = command_counts(redis_client)
+    waiter.start()
+    poll_blocked(redis_client, 1)
+    holder.release()
+    waiter.join(DEADLINE)
+    assert not waiter.is_alive()
+    after = command_counts(redis_client)
+    assert taken == [True]
+    # The waiter's two tries and its release, the holder's release.  (A
+    # BLPOP that reached its 1 s cap on a slow machine before the release
+    # would add one try.)
+    blpops = after["blpop"] - before["blpop"]
+    assert 1 <= blpops <= 2
+    assert after["eval"] - before["eval"] == 3 + blpops
+    assert not redis_client.exists(key)
+
+
+def test_a_lock_without_a_value_reads_it_after_the_release_without_taking_the_key(
+    impl, redis_url, redis_client, key
+):
+    """Through Lock (dogpile.cache's API), a caller with no value tries the
+    key once, blocks on the server (XREAD) until the holder's release, and
+    reads the value the holder created without taking the key: one try,
+    one XREAD, two reads, however long the holder held the lock."""
     value_key = key + ":value"
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()
     created = []
     result = []
+    reads = []
 
     def stored():
+        reads.append(1)
         raw = redis_client.get(value_key)
         if raw is None:
             raise NeedRegenerationException()
@@ -671,19 +713,22 @@ def test_a_waiter_is_woken_by_the_release_not_by_polling(impl, redis_url, redis_
     waiter = threading.Thread(target=wait, daemon=True)
     before = command_counts(redis_client)
     waiter.start()
-    poll_blocked(redis_client, 1)
+    poll_blocked(redis_client, 1, "xread")
     redis_client.set(value_key, "theirs")
     holder.release()
     waiter.join(DEADLINE)
+    assert not waiter.is_alive()
     after = command_counts(redis_client)
     redis_client.delete(value_key)
     assert result == ["theirs"] and created == []
-    # The waiter: a failed try, one BLPOP, the try that takes it, its
-    # release; and the holder's release.  (A BLPOP that reached its 1 s cap
-    # on a slow machine before the release would add one try.)
-    blpops = after["blpop"] - before["blpop"]
-    assert 1 <= blpops <= 2
-    assert after["eval"] - before["eval"] == 3 + blpops
+    # The waiter's try and the holder's release; the waiter's XREAD and its
+    # two reads.  (An XREAD that reached its 1 s cap on a slow machine
+    # before the release would add a read and a try.)
+    xreads = after["xread"] - before["xread"]
+    assert 1 <= xreads <= 2
+    assert after["eval"] - before["eval"] == 1 + xreads
+    assert len(reads) == 1 + xreads
+    assert after["blpop"] == before["blpop"]
     assert not redis_client.exists(key)
 
 

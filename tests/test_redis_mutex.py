@@ -777,3 +777,46 @@ def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, 
     assert result == [True]
     waiter.release()
     client.close()
+
+
+def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
+    impl, redis_url, redis_client, key
+):
+    """A holder whose release does not signal (a process still on 1.0.0a1
+    during a rolling deploy, or a key deleted by hand): the Dogpile's wait
+    ends at the mutex's cap (at most 1 s), not at the 30 s lease, and it
+    reads the value then, without taking the key."""
+    value_key = key + ":value"
+    redis_client.set(key, "a foreign holder's token", px=30_000)
+    result, reads = [], []
+
+    def stored():
+        reads.append(1)
+        raw = redis_client.get(value_key)
+        if raw is None:
+            raise NeedRegenerationException()
+        return raw.decode(), time.time()
+
+    def wait():
+        client = redis.Redis.from_url(redis_url)
+        try:
+            d = impl.Dogpile(60, lock=RedisMutex(client, key, lease=30))
+            result.append(d.get(lambda: pytest.fail("created"), value_and_created_fn=stored))
+        finally:
+            client.close()
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    before = command_counts(redis_client)
+    waiter.start()
+    poll_blocked(redis_client, 1, "xread")
+    redis_client.set(value_key, "theirs")
+    redis_client.delete(key)  # released without a wake-up
+    waiter.join(DEADLINE)
+    assert not waiter.is_alive()
+    after = command_counts(redis_client)
+    redis_client.delete(value_key)
+    assert result == ["theirs"]
+    # One try, one XREAD that ran out at the cap, the read after it.
+    assert after["xread"] - before["xread"] == 1
+    assert after["eval"] - before["eval"] == 1
+    assert len(reads) == 2

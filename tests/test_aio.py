@@ -2335,3 +2335,100 @@ def test_async_waiter_is_woken_by_the_release_not_by_polling(redis_url, redis_cl
         await mutex.release()
 
     run_with_client(redis_url, body)
+
+
+class Counted:
+    """An AsyncRedisMutex that records what each acquire_or_wait() gave."""
+
+    def __init__(self, inner, takes):
+        self.inner = inner
+        self.takes = takes
+
+    async def acquire(self, blocking=True, timeout=-1):
+        return await self.inner.acquire(blocking, timeout)
+
+    async def acquire_or_wait(self, timeout=-1):
+        taken = await self.inner.acquire_or_wait(timeout)
+        self.takes.append(taken)
+        return taken
+
+    def release(self):
+        return self.inner.release()
+
+    def locked(self):
+        return self.inner.locked()
+
+
+@pytest.mark.parametrize("failures", [0, 1])
+def test_async_cold_key_waiters_read_once_over_a_real_server(
+    classes, redis_url, redis_client, key, failures
+):
+    """AsyncDogpile over AsyncRedisMutex on a key with no value: tasks that
+    each have their own client, mutex and AsyncDogpile (processes, as the
+    server sees them) wait in XREAD while one creates, then read the value
+    once without taking the key; a failed creation is retried once."""
+    import redis.asyncio
+
+    value_key = key + ":value"
+    waiters = 5
+    calls, takes, reads = [], [], []
+
+    def counts():
+        stats = redis_client.info("commandstats")
+        return {c: stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("eval", "xread")}
+
+    async def main():
+        go = asyncio.Event()
+
+        async def one():
+            client = redis.asyncio.Redis.from_url(redis_url)
+            try:
+                mutex = Counted(AsyncRedisMutex(client, key, lease=30), takes)
+
+                async def stored():
+                    reads.append(1)
+                    raw = await client.get(value_key)
+                    if raw is None:
+                        raise NeedRegenerationException()
+                    return raw.decode(), time.time()
+
+                async def create():
+                    calls.append(1)
+                    await go.wait()
+                    if len(calls) <= failures:
+                        raise RuntimeError("creation failed")
+                    await client.set(value_key, "made")
+                    return "made", time.time()
+
+                d = classes.AsyncDogpile(60, lock=mutex)
+                return await d.get(create, value_and_created_fn=stored)
+            finally:
+                await aclose(client)
+
+        holder = asyncio.ensure_future(one())
+        await wait_until_async(lambda: calls, "the creator")
+        others = [asyncio.ensure_future(one()) for _ in range(waiters)]
+        await wait_until_async(
+            lambda: sum(c.get("cmd") == "xread" for c in redis_client.client_list()) == waiters,
+            "every task blocked in XREAD",
+        )
+        go.set()
+        return await asyncio.gather(holder, *others, return_exceptions=True)
+
+    before = counts()
+    try:
+        results = run(main)
+    finally:
+        redis_client.delete(value_key)
+    after = counts()
+    if failures:
+        assert isinstance(results[0], RuntimeError)
+        results = results[1:]
+    assert results == ["made"] * len(results)
+    assert len(calls) == 1 + failures
+    if not failures:
+        # One take; each waiter: one try, one XREAD, a read before and after.
+        assert takes.count(True) == 1
+        assert after["xread"] - before["xread"] == waiters
+        assert len(reads) == 2 * waiters + 2
+    assert not redis_client.exists(key)

@@ -33,7 +33,7 @@ from .._aio_locks import (
 )
 from .._errors import LockError
 from ._common import _BACKOFF_FIRST, _backoff_step, _deadline
-from ._protocol import _RedisKey, _renew_command, _RenewalState
+from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
 
 __all__ = ["AsyncRedisMutex"]
 
@@ -186,17 +186,33 @@ class AsyncRedisMutex(_RedisKey):
         local = self._local_lock()
         token = secrets.token_hex(16)
         # Holding the in-process lock is what allows taking the key; it is
-        # never held while this waits.
+        # never held while this waits on the server.
         mine = _try_acquire_now(local)
+        if not mine:
+            reply = await self._take_or_look(token, False)
+            if not _key_free(reply):
+                return await self._wait_for_release(reply, deadline)
+            # The key is free, yet a task of this process holds the mutex
+            # (its lease ran out) or is taking it: wait for that task here,
+            # without a command, then try the key.  Returning at once would
+            # have the caller read and ask again in a busy loop.
+            wait = _wake_wait(0, deadline, self._wake_cap)
+            if wait is None or not await _acquire_within(local, wait):
+                return False
+            mine = True
         try:
-            reply = await self._take_or_look(token, mine)
-            if mine and self._taken(reply):
+            reply = await self._take_or_look(token, True)
+            if self._taken(reply):
                 self._start_holding(token)
                 mine = False  # held: release() lets it go
                 return True
         finally:
             if mine:
                 local.release()
+        return await self._wait_for_release(reply, deadline)
+
+    async def _wait_for_release(self, reply: Any, deadline: Optional[float]) -> bool:
+        """acquire_or_wait() after a try that did not take the key."""
         plan = self._wake_plan(reply, deadline)
         if plan is None:
             return False

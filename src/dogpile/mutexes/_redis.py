@@ -10,7 +10,7 @@ import weakref
 from typing import Any, List, Optional, Union
 
 from ._common import _BACKOFF_FIRST, _backoff, _deadline, _instances, _MutexBase, _remaining
-from ._protocol import _RedisKey, _renew_command, _RenewalState
+from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
 
 
 class _Renewal(_RenewalState):
@@ -158,11 +158,23 @@ class RedisMutex(_MutexBase, _RedisKey):
             self._made_with = _thread.allocate_lock
         token = secrets.token_hex(16)
         # Holding the in-process lock is what allows taking the key; it is
-        # never held while this waits.
+        # never held while this waits on the server.
         mine = self._local.acquire(False)
+        if not mine:
+            reply = self._take_or_look(token, False)
+            if not _key_free(reply):
+                return self._wait_for_release(reply, deadline)
+            # The key is free, yet a thread of this process holds the mutex
+            # (its lease ran out) or is taking it: wait for that thread here,
+            # without a command, then try the key.  Returning at once would
+            # have the caller read and ask again in a busy loop.
+            wait = _wake_wait(0, deadline, self._wake_cap)
+            if wait is None or not self._local.acquire(True, wait):
+                return False
+            mine = True
         try:
-            reply = self._take_or_look(token, mine)
-            if mine and self._taken(reply):
+            reply = self._take_or_look(token, True)
+            if self._taken(reply):
                 try:
                     self._start_holding(token)
                 except BaseException:
@@ -173,6 +185,10 @@ class RedisMutex(_MutexBase, _RedisKey):
         finally:
             if mine:
                 self._local.release()
+        return self._wait_for_release(reply, deadline)
+
+    def _wait_for_release(self, reply: Any, deadline: Optional[float]) -> bool:
+        """acquire_or_wait() after a try that did not take the key."""
         plan = self._wake_plan(reply, deadline)
         if plan is None:
             return False

@@ -39,12 +39,31 @@ return -1 - left
 # holder whose lease ran out never deletes or extends a lock that someone
 # else has taken since.  _DELETE_IF_OURS takes back a key that a failed or
 # cancelled acquire() may have set.
-_DELETE_IF_OURS = """
+#
+# Both wake the waiters when they delete (_WAKE: see _RELEASE): a take
+# that is taken back was seen held by whoever tried the key meanwhile, and
+# they wait for a release that will never come otherwise.
+_WAKE = """
+    redis.call('del', KEYS[3])
+    redis.call('rpush', KEYS[3], '1')
+    redis.call('pexpire', KEYS[3], ARGV[3])
+    local added = redis.pcall('xadd', KEYS[4], 'MAXLEN', '1', '*', 'released', '1')
+    if type(added) ~= 'table' then
+        redis.call('pexpire', KEYS[4], ARGV[3])
+    end
+"""
+_DELETE_IF_OURS = (
+    """
 if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
+    local deleted = redis.call('del', KEYS[1])
+"""
+    + _WAKE
+    + """
+    return deleted
 end
 return 0
 """
+)
 
 # release(): compare-and-delete, made idempotent.  redis-py resends a
 # command whose reply was lost (a socket timeout, a dropped connection), and
@@ -72,21 +91,19 @@ return 0
 # wakes every one of them (see _TAKE_OR_LOOK).  It keeps only its last
 # entry and expires after a lease too.  pcall: a server without streams
 # (before Redis 5) still releases; its waiters poll (see _wake_plan).
-_RELEASE = """
+_RELEASE = (
+    """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
-    redis.call('del', KEYS[3])
-    redis.call('rpush', KEYS[3], '1')
-    redis.call('pexpire', KEYS[3], ARGV[3])
     local deleted = redis.call('del', KEYS[1])
-    local added = redis.pcall('xadd', KEYS[4], 'MAXLEN', '1', '*', 'released', '1')
-    if type(added) ~= 'table' then
-        redis.call('pexpire', KEYS[4], ARGV[3])
-    end
+"""
+    + _WAKE
+    + """
     return deleted
 end
 return redis.call('exists', KEYS[2])
 """
+)
 
 # acquire_or_wait()'s one try, atomic: _ACQUIRE's SET NX (ARGV[3] = '1'),
 # or only a look at the key (ARGV[3] = '0': a thread or task of this
@@ -246,6 +263,18 @@ def _wake_plan(
         last = last.encode()
     # "": a server without streams, before Redis 5 (untested).
     return (bytes(last) if last else None), block, sleep
+
+
+def _unknown_command(exc: BaseException) -> bool:
+    """Is ``exc`` the server's answer to a command it does not have (XREAD
+    before Redis 5)?"""
+    return "unknown command" in str(exc).lower()
+
+
+def _key_free(reply: Any) -> bool:
+    """Did acquire_or_wait()'s look (``_TAKE_OR_LOOK`` with ARGV[3] '0')
+    find the key free?"""
+    return int(reply[0]) == 2
 
 
 def _single_connection(client: Any) -> bool:
@@ -446,12 +475,16 @@ class _RedisKey:
         return {self._wake_stream: last}, block, sleep
 
     def _stream_failed(self, exc: Exception) -> None:
-        """An XREAD failed with ``exc``: raise if the server is unreachable;
-        otherwise the server has no streams (before Redis 5): sleep from now
-        on (see _wake_plan)."""
+        """An XREAD failed with ``exc``: raise if the server is unreachable.
+        A server that does not know the command (before Redis 5) has no
+        streams: sleep from now on (see _wake_plan).  Any other failure (a
+        reply the client cannot decode, a key of another type) ends this
+        wait only: the caller sleeps one back-off step, never spins, and the
+        next wait reads the stream again."""
         if isinstance(exc, self._errors):
             raise self._unreachable(exc, "acquire_or_wait()") from exc
-        self._streams = False
+        if _unknown_command(exc):
+            self._streams = False
 
     def _release_command(self, token: str) -> Tuple[Any, ...]:
         """The arguments of ``eval`` that release ``token``'s key."""
@@ -462,8 +495,14 @@ class _RedisKey:
         )
 
     def _delete_command(self, token: str) -> Tuple[Any, ...]:
-        """The arguments of ``eval`` that take back a key ``token`` may hold."""
-        return (_DELETE_IF_OURS, 1, self._name, token)
+        """The arguments of ``eval`` that take back a key ``token`` may hold,
+        waking the waiters if it did (KEYS[2] and ARGV[2] unused: the keys
+        and arguments are numbered as _RELEASE's, for _WAKE)."""
+        name = self._name
+        return (
+            _DELETE_IF_OURS, 4, name, name, self._wake_list, self._wake_stream,
+            token, 0, self._lease_ms,
+        )
 
     def _take_back_after(self, exc: Optional[BaseException]) -> bool:
         """May the SET of an acquire() that failed with ``exc`` have reached
@@ -482,12 +521,15 @@ class _RedisKey:
         return _wake_wait(taken, deadline, self._wake_cap)
 
     def _wake_failed(self, exc: Exception) -> None:
-        """A BLPOP failed with ``exc``: raise if the server is unreachable;
-        otherwise it is a server before Redis 6, which takes whole seconds
-        only: poll with back-off from now on, as before wake-ups."""
+        """A BLPOP failed with ``exc``: raise if the server is unreachable.
+        A server before Redis 6, which takes whole seconds only, refuses
+        the timeout: poll with back-off from now on, as before wake-ups.
+        Any other failure (a reply the client cannot decode, say) costs
+        this turn one back-off step; the next turn blocks again."""
         if isinstance(exc, self._errors):
             raise self._unreachable(exc, "acquire()") from exc
-        self._wake = False
+        if "not an integer" in str(exc) or _unknown_command(exc):
+            self._wake = False
 
     def _lease_lost(self, renewal: "Optional[_RenewalState]") -> LeaseLost:
         """The error of a release() that found the key no longer its own."""

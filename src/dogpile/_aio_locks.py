@@ -59,8 +59,8 @@ async def _acquire_or_wait(mutex: Any, wait: Callable[[float], Any], timeout: fl
     asynchronous."""
     result = wait(timeout)
     if not _is_awaitable(result):
-        if result:  # a threading lock, now held: give it back first
-            mutex.release()
+        if result:  # taken without a wait: give it back first
+            _release_later(mutex)
         raise _not_awaitable(mutex, "acquire_or_wait", result)
     return bool(await result)
 
@@ -70,7 +70,9 @@ async def _acquire(mutex: Any) -> bool:
     result = mutex.acquire()
     if not _is_awaitable(result):
         if result:  # a threading lock, now held: give it back first
-            mutex.release()
+            # (through _release_later: an asyncio lock whose acquire() alone
+            # is plain has a release() to await)
+            _release_later(mutex)
         raise _not_awaitable(mutex, "acquire", result)
     return bool(await result)
 

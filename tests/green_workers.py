@@ -579,7 +579,79 @@ def mutexes(impl, green, made):
     return report
 
 
+class CountingTakes:
+    """A mutex that counts the calls of acquire_or_wait() that took it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.taken = 0
+        self.inside = 0
+
+    def acquire(self, blocking=True, timeout=-1):
+        return self.inner.acquire(blocking, timeout)
+
+    def acquire_or_wait(self, timeout=-1):
+        self.inside += 1
+        try:
+            taken = self.inner.acquire_or_wait(timeout)
+        finally:
+            self.inside -= 1
+        self.taken += bool(taken)
+        return taken
+
+    def release(self):
+        self.inner.release()
+
+
+def cold_key(impl, green, made):
+    """A Dogpile per greenlet, each over a mutex object of its own (as
+    processes would have), on a key with no value: one greenlet creates
+    while the others wait for its release (in XREAD, or in a shared flock,
+    both yielding to the hub), then read the value once without taking the
+    lock."""
+    report = {}
+    for name in ("file", "redis"):
+        dogpiles, mutexes, waiting = made["cold_" + name]
+        store, calls, reads = {}, [], []
+        go = green.event()
+
+        def value_and_created(store=store, reads=reads):
+            reads.append(1)
+            if "v" not in store:
+                raise need_regeneration()
+            return store["v"]
+
+        def creator(store=store, calls=calls, go=go):
+            calls.append(1)
+            if not go.wait(CHILD_DEADLINE):
+                raise SystemExit("never told to finish creating")
+            store["v"] = ("made", time.time())
+            return store["v"]
+
+        def reader(d, vcf=value_and_created, creator=creator):
+            with d.acquire(creator, value_and_created_fn=vcf) as value:
+                return value
+
+        def conductor(calls=calls, go=go, waiting=waiting):
+            wait_until(green, lambda: calls, "the creator")
+            wait_until(green, lambda: waiting() >= COLD_READERS - 1, "the waiters to wait")
+            go.set()
+            return "go"
+
+        first = green.run(lambda d=dogpiles[0]: reader(d), *[
+            (lambda d=d: reader(d)) for d in dogpiles[1:]
+        ], conductor)
+        report[name] = {
+            "results": [show(r) for r in first],
+            "creator_calls": len(calls),
+            "taken": sum(m.taken for m in mutexes),
+            "reads": len(reads),
+        }
+    return report
+
+
 SCENARIOS = {
+    "cold_key": cold_key,
     "dogpile": dogpile_readers,
     "reentry": reentry,
     "lock": lock,
@@ -619,7 +691,44 @@ def make(impl):
         "timed": impl.Dogpile(60, wait_timeout=0.05),
         "background": impl.Dogpile(0.05, background=GreenExecutor()),
         **(make_mutexes() if SCENARIO == "mutexes" else {}),
+        **(make_cold(impl) if SCENARIO == "cold_key" else {}),
     }
+
+
+COLD_READERS = 4
+
+
+def make_cold(impl):
+    """For cold_key: per kind, COLD_READERS Dogpiles each over a mutex of
+    its own, the mutexes (counting their takes), and how many of them wait
+    on the server or the kernel now."""
+    import tempfile
+
+    import redis
+
+    from dogpile.mutexes import FileMutex, RedisMutex
+
+    url = os.environ["DOGPILE_REDIS_URL"]
+    key = f"dogpile-test:greenlets-cold:{os.getpid()}:{time.time()}"
+    path = os.path.join(tempfile.mkdtemp(), "cold.lock")
+    watcher = redis.Redis.from_url(url)
+
+    def in_xread():
+        return sum(1 for c in watcher.client_list() if c.get("cmd") == "xread")
+
+    made = {}
+    for name, mutex in (
+        ("file", lambda: FileMutex(path)),
+        ("redis", lambda: RedisMutex(redis.Redis.from_url(url), key, lease=10)),
+    ):
+        mutexes = [CountingTakes(mutex()) for _ in range(COLD_READERS)]
+        # A FileMutex waits by polling under greenlets, which nothing
+        # outside shows: its waiters are counted inside acquire_or_wait().
+        waiting = in_xread if name == "redis" else (
+            lambda mutexes=mutexes: sum(m.inside for m in mutexes)
+        )
+        made["cold_" + name] = ([impl.Dogpile(60, lock=m) for m in mutexes], mutexes, waiting)
+    return made
 
 
 def make_mutexes():

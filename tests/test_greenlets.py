@@ -174,3 +174,21 @@ def test_mutexes_between_greenlets(library, order, redis_url):
     assert report["file"] == ["a in", "a out", "b in"]
     assert report["redis"] == ["a in", "a out", "b in"]
     assert report["file_held_elsewhere"] == ["got the file", "unlocked"]
+
+
+def test_a_cold_key_between_greenlets_is_read_once(library, impl, order, redis_url):
+    """Dogpiles over FileMutex and RedisMutex objects of their own (as other
+    processes would have): while one greenlet creates, the others wait for
+    its release (XREAD, or a shared flock in a waiter thread) yielding to
+    the hub, then read the value once; only the creator takes the lock."""
+    env = dict(os.environ, DOGPILE_REDIS_URL=redis_url)
+    report = run_child(library, impl, "cold_key", order, env)
+    for kind in ("file", "redis"):
+        assert report[kind]["results"] == ["made"] * 4 + ["go"], (kind, report)
+        assert report[kind]["creator_calls"] == 1, (kind, report)
+    # On Redis the waiters are seen blocked in XREAD before the creator
+    # ends, so none can find the lock free: only the creator takes it.  (A
+    # FileMutex waiter, polling under greenlets, may try the lock just after
+    # the release and find the value under it.)
+    assert report["redis"]["taken"] == 1, report
+    assert report["redis"]["reads"] == 2 * 4, report

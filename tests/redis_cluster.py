@@ -119,7 +119,8 @@ def _start(config):
             if proc.poll() is not None:
                 return None, f"redis-server exited with status {proc.returncode}:\n{logs()}"
             if time.monotonic() > deadline:
-                return None, f"cluster node {port} did not answer in {START_DEADLINE:g} s:\n{logs()}"
+                why = f"cluster node {port} did not answer in {START_DEADLINE:g} s"
+                return None, f"{why}:\n{logs()}"
             time.sleep(0.02)  # polling for the node to come up, with a deadline
     try:
         created = subprocess.run(

@@ -25,8 +25,7 @@ from conftest import DEADLINE
 from redis_server import unique_key
 
 from dogpile import NeedRegenerationException, aio
-from dogpile.mutexes import AsyncRedisMutex, LeaseLost, RedisMutex
-from dogpile.mutexes import _protocol
+from dogpile.mutexes import AsyncRedisMutex, LeaseLost, RedisMutex, _protocol
 from dogpile.mutexes._protocol import _released_key, _stream_key, _wake_key
 
 cluster_nodes = redis_cluster.cluster_nodes
@@ -416,6 +415,8 @@ def test_a_pipeline_is_refused_naming_the_client_to_pass(
         with pytest.raises(TypeError, match="pipeline .*pass the client it came from"):
             RedisMutex(pipeline, unique_key("pipeline"))
 
+
+def test_async_a_pipeline_is_refused_naming_the_client_to_pass(cluster_nodes):
     async def main():
         client = async_client(cluster_nodes)
         try:

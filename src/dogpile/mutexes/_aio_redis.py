@@ -87,8 +87,9 @@ class AsyncRedisMutex(_RedisKey):
     """A lock shared by processes on any number of hosts through one Redis
     key, for asyncio.
 
-    :param client: an asyncio redis client (``redis.asyncio.Redis``, or
-        valkey's) that the caller already has (a
+    :param client: an asyncio redis client (``redis.asyncio.Redis``,
+        ``redis.asyncio.cluster.RedisCluster``, or valkey's) that the caller
+        already has (a
         ``single_connection_client``'s connection is left to its owner: the
         mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).

@@ -176,7 +176,8 @@ def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
     ``name``: Redis Cluster runs a script only on keys of one slot.  A name
     with a hash tag ``{...}`` gives its slot to any key that starts with
     it; a name without one is hashed whole, which ``{name}`` reproduces
-    unless the name holds a "}"."""
+    unless the name holds a "}" (such a name is refused on a cluster: see
+    _RedisKey._set_key)."""
     raw = name.encode() if isinstance(name, str) else bytes(name)
     start = raw.find(b"{")
     if start >= 0 and raw.find(b"}", start + 1) > start + 1:
@@ -213,12 +214,30 @@ def _client_errors(client: Any) -> Tuple[Type[BaseException], ...]:
     return (exceptions.ConnectionError, exceptions.TimeoutError)
 
 
+def _connection_kwargs(client: Any) -> Dict[str, Any]:
+    """The options the client opens its connections with: its pool's, or a
+    cluster client's (redis-py's RedisCluster has no connection_pool: each
+    node has its own, made with these options)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:
+        kwargs = getattr(client, "connection_kwargs", None)  # redis.asyncio.cluster
+    if kwargs is None:
+        kwargs = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _cluster(client: Any) -> bool:
+    """Is ``client`` a Redis Cluster client (redis-py's RedisCluster, sync or
+    asyncio): it routes each command by the hash slot of its keys."""
+    return callable(getattr(client, "keyslot", None)) and getattr(
+        client, "nodes_manager", None
+    ) is not None
+
+
 def _wake_cap(client: Any) -> float:
     """The longest a waiter blocks in one BLPOP or XREAD: _WAKE_CAP, and less than
     the client's socket timeout, which would otherwise cut the wait off."""
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None)
-    timeout = kwargs.get("socket_timeout") if isinstance(kwargs, dict) else None
+    timeout = _connection_kwargs(client).get("socket_timeout")
     if isinstance(timeout, (int, float)) and timeout > 0:
         return min(_WAKE_CAP, timeout / 2)
     return _WAKE_CAP
@@ -312,15 +331,18 @@ def _mutex_client(client: Any) -> Any:
 
 
 def _server_address(client: Any) -> str:
-    """host:port/db (or the socket path) of the client's server, for errors."""
-    pool = getattr(client, "connection_pool", None)
-    kwargs = getattr(pool, "connection_kwargs", None)
-    if isinstance(kwargs, dict):
-        db = kwargs.get("db", 0)
-        if kwargs.get("path"):
-            return f"unix:{kwargs['path']}?db={db}"
-        if "host" in kwargs:
-            return f"{kwargs['host']}:{kwargs.get('port', 6379)}/{db}"
+    """host:port/db (or the socket path) of the client's server, for errors;
+    for a cluster client, the first node it was given."""
+    if _cluster(client):
+        nodes = getattr(client.nodes_manager, "startup_nodes", None)
+        first = next(iter(nodes), None) if isinstance(nodes, dict) else None
+        return f"{first} (Redis Cluster)" if first else "a Redis Cluster"
+    kwargs = _connection_kwargs(client)
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix:{kwargs['path']}?db={db}"
+    if "host" in kwargs:
+        return f"{kwargs['host']}:{kwargs.get('port', 6379)}/{db}"
     text = repr(client)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -381,6 +403,14 @@ class _RedisKey:
         self._lease = float(lease)
         self._client = _mutex_client(client)
         self._wake_list = _wake_key(name)
+        if _cluster(client) and client.keyslot(name) != client.keyslot(self._wake_list):
+            # Its scripts could not run: a cluster runs one only on keys of
+            # one slot (see _sibling_key).
+            raise ValueError(
+                f"name {name!r} has a '}}' outside a hash tag: on a Redis Cluster the "
+                "mutex's own keys cannot share its hash slot; put a hash tag in it "
+                "(e.g. '{...}') or leave out the '}'"
+            )
         self._wake = True  # False once the server refused a BLPOP (Redis < 6)
         self._wake_stream = _stream_key(name)
         self._streams = True  # False once the server refused an XREAD (Redis < 5)
@@ -408,10 +438,18 @@ class _RedisKey:
         """``client`` must be a redis client of the mutex's kind."""
         kind = type(self).__name__
         wanted = (
-            "an asyncio redis client (redis.asyncio.Redis or valkey.asyncio.Valkey)"
+            "an asyncio redis client (redis.asyncio.Redis, redis.asyncio.cluster."
+            "RedisCluster or valkey.asyncio.Valkey)"
             if asynchronous
-            else "a redis client (redis.Redis or valkey.Valkey)"
+            else "a redis client (redis.Redis, redis.cluster.RedisCluster or valkey.Valkey)"
         )
+        if callable(getattr(client, "execute", None)):
+            # A pipeline (plain or cluster) queues each command until
+            # execute(): its eval() returns the pipeline, or is refused.
+            raise TypeError(
+                f"{kind} needs {wanted}, not the pipeline {type(client).__name__!r}, whose "
+                "commands wait for execute(): pass the client it came from"
+            )
         # redis.asyncio's command methods are plain functions that return
         # the coroutine of an async execute_command.
         coroutines = inspect.iscoroutinefunction(getattr(client, "execute_command", None))
@@ -433,8 +471,9 @@ class _RedisKey:
                 )
         if asynchronous and not coroutines:
             raise TypeError(
-                f"{kind} needs an asyncio redis client (redis.asyncio.Redis), not the "
-                f"synchronous {type(client).__name__!r}: use dogpile.mutexes.RedisMutex for it"
+                f"{kind} needs an asyncio redis client (redis.asyncio.Redis or "
+                "redis.asyncio.cluster.RedisCluster), not the synchronous "
+                f"{type(client).__name__!r}: use dogpile.mutexes.RedisMutex for it"
             )
 
     def _acquire_command(self, token: str) -> Tuple[Any, ...]:

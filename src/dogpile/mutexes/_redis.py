@@ -50,8 +50,9 @@ def _stop_renewal_in(cell: List[Optional[_Renewal]]) -> None:
 class RedisMutex(_MutexBase, _RedisKey):
     """A lock shared by processes on any number of hosts through one Redis key.
 
-    :param client: a synchronous redis-py client (``redis.Redis``, or
-        valkey's) that the caller already has; its connection pool is used
+    :param client: a synchronous redis-py client (``redis.Redis``,
+        ``redis.cluster.RedisCluster``, or valkey's) that the caller already
+        has; its connection pool is used
         as it is (a ``single_connection_client``'s connection is left to
         its owner: the mutex takes others from its pool).
     :param name: the key that holds the lock (str or bytes).

@@ -178,9 +178,9 @@ class AsyncRedisMutex(_RedisKey):
         a wait woken by the release (a script, then XREAD), one for a take,
         the same broadcast to every waiter and the same reasons for a
         False (a release, the holder's lease running out, the 1 s safety
-        net, the ``timeout``, the key free but another task of this process
-        taking it).  A task of this process that holds or is taking the
-        mutex is never overtaken.  A cancellation leaves nothing held: a
+        net, the ``timeout``).  A task of this process that holds or is
+        taking the mutex is never overtaken: this one waits for that task's
+        release.  A cancellation leaves nothing held: a
         key its try may have set is taken back, even after the loop ends.
         """
         deadline = _deadline(True, timeout)
@@ -194,13 +194,12 @@ class AsyncRedisMutex(_RedisKey):
             if not _key_free(reply):
                 return await self._wait_for_release(reply, deadline)
             # The key is free, yet a task of this process holds the mutex
-            # (its lease ran out) or is taking it: wait for that task here,
-            # without a command, then try the key.  Returning at once would
-            # have the caller read and ask again in a busy loop.
+            # (its lease ran out) or is taking it: its release is the one to
+            # wait for, here, without a command (see RedisMutex).
             wait = _wake_wait(0, deadline, self._wake_cap)
-            if wait is None or not await _acquire_within(local, wait):
-                return False
-            mine = True
+            if wait is not None and await _acquire_within(local, wait):
+                local.release()
+            return False
         try:
             reply = await self._take_or_look(token, True)
             if self._taken(reply):

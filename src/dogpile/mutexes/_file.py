@@ -350,8 +350,8 @@ class FileMutex(_MutexBase):
         For a caller that wants what the holder is making (a first value),
         not the lock: after a False it reads the value once, and calls
         again only if it is still missing.  A False also comes at the
-        ``timeout``, or at once when another thread of this process is
-        taking the mutex and the file is free.
+        ``timeout``.  Another thread of this process that holds or is
+        taking the mutex is waited for: its release ends the wait.
 
         On POSIX the wait is a shared ``flock`` on an open file of its own
         (never the holder's), blocking without the GIL: the kernel grants
@@ -386,7 +386,17 @@ class FileMutex(_MutexBase):
                     self._local.release()
             if held:
                 return True
+            self._wait_released(deadline)
+            return False
+        # Another thread of this process holds the mutex or is taking it:
+        # wait for the file like another process would, then for that
+        # thread's in-process lock, which a thread that is taking the file
+        # (or polling for it under gevent) holds while the file looks free;
+        # returning then would have the caller read and ask again in a busy
+        # loop.
         self._wait_released(deadline)
+        if self._local.acquire(True, _remaining(deadline)):
+            self._local.release()
         return False
 
     def _wait_released(self, deadline: Optional[float]) -> None:

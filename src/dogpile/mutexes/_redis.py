@@ -147,7 +147,9 @@ class RedisMutex(_MutexBase, _RedisKey):
         process, thread or task (``acquire()``'s waiters are woken one at
         a time).  Another thread of this process that holds or is taking
         the mutex is never overtaken: this one only looks at the key and
-        waits for the release, without the in-process lock.  Before
+        waits for that thread's release, without the in-process lock (on
+        the server while the key is held; on the in-process lock, with no
+        command, while it is free).  Before
         Redis 5 (no streams; untested) the wait is a back-off sleep.
         Failures and Ctrl-C leave nothing held; an unreachable server
         raises as ``acquire()`` does.
@@ -166,13 +168,15 @@ class RedisMutex(_MutexBase, _RedisKey):
             if not _key_free(reply):
                 return self._wait_for_release(reply, deadline)
             # The key is free, yet a thread of this process holds the mutex
-            # (its lease ran out) or is taking it: wait for that thread here,
-            # without a command, then try the key.  Returning at once would
-            # have the caller read and ask again in a busy loop.
+            # (its lease ran out) or is taking it: its release is the one to
+            # wait for, here, without a command.  (Returning at once would
+            # have the caller read and ask again in a busy loop; taking the
+            # key after it would have the caller miss what that thread made,
+            # or its failure, and create again.)
             wait = _wake_wait(0, deadline, self._wake_cap)
-            if wait is None or not self._local.acquire(True, wait):
-                return False
-            mine = True
+            if wait is not None and self._local.acquire(True, wait):
+                self._local.release()
+            return False
         try:
             reply = self._take_or_look(token, True)
             if self._taken(reply):

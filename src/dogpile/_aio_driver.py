@@ -343,7 +343,10 @@ async def wait_for_release(
             raise LockTimeout(
                 f"no value after waiting {timeout} s (wait_timeout) for another task's creator"
             )
-    if waited and last is not None and last.serial >= first and last.has_outcome():
+    # Taken, at once or after a wait (a custom lock may wait inside
+    # acquire_or_wait): a creation that began after this task arrived, and
+    # has ended since, is the one it waited for.
+    if last is not None and last.serial >= first and last.has_outcome():
         await _release(mutex)
         return last.outcome()
     return await locked(state, mutex, creator, value_fn, value_and_created_fn, value, None)

@@ -783,7 +783,10 @@ cdef object _wait_for_release(Dogpile self, _Options opts, object wait,
             return _create(self, creator, value_fn, value_and_created_fn, found, createdtime)
         if deadline >= 0 and dp_monotonic() >= deadline:
             raise _timed_out(self, opts)
-    prior = _prior(self, attempt, arrived) if waited else None
+    # Taken, at once or after a wait (a custom lock may wait inside
+    # acquire_or_wait): an attempt that this caller arrived before, and that
+    # has ended since, is the one it waited for (see _prior).
+    prior = _prior(self, attempt, arrived)
     if prior is not None and (prior.state == _CREATED or prior.state == _FAILED):
         _give(self, 1, opts)
         return prior.outcome()

@@ -206,7 +206,10 @@ def _wait_for_release(
             return create(d, creator, value_fn, value_and_created_fn, found, createdtime)
         if deadline is not None and _monotonic() >= deadline:
             raise _timed_out(d)
-    prior = _prior(d, attempt, arrived) if waited else None
+    # Taken, at once or after a wait (a custom lock may wait inside
+    # acquire_or_wait): an attempt that this caller arrived before, and
+    # that has ended since, is the one it waited for (see _prior).
+    prior = _prior(d, attempt, arrived)
     if prior is not None and prior.has_outcome():
         mutex.release()
         return prior.outcome()

@@ -12,6 +12,7 @@ releases, so a False is known to come from the release.
 """
 
 import asyncio
+import inspect
 import json
 import math
 import os
@@ -49,7 +50,7 @@ def key(redis_client):
 def counting(base):
     """A redis client class (sync or asyncio) whose instances record each
     command they send: ``sent`` (names) and ``replies``."""
-    if asyncio.iscoroutinefunction(base.execute_command):
+    if inspect.iscoroutinefunction(base.execute_command):
 
         class Counting(base):
             async def execute_command(self, *args, **options):

@@ -15,6 +15,7 @@ before the holder releases, so a False is known to come from the release.
 """
 
 import asyncio
+import inspect
 import threading
 import time
 
@@ -91,7 +92,7 @@ def counting(base):
             return 0
         return int((reply[0] if isinstance(reply, list) else reply) == 1)
 
-    if asyncio.iscoroutinefunction(base.execute_command):
+    if inspect.iscoroutinefunction(base.execute_command):
 
         class Counting(base):
             takes = 0

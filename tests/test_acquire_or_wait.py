@@ -316,18 +316,27 @@ def test_threads_of_one_process_never_overtake_each_other(redis_url, redis_clien
     assert redis_client.exists(key) == 0
 
 
-def test_a_thread_taking_the_mutex_with_the_key_free_returns_at_once(
+def test_a_thread_taking_the_mutex_with_the_key_free_is_waited_for_in_process(
     redis_url, redis_client, key
 ):
     """Another thread holds the in-process lock (it is taking the key) and
-    the key is free: one look, no wait, False; the key is left alone."""
+    the key is free: one look, then a wait on the in-process lock, with no
+    command, that this thread's release ends; False, and the key is left
+    alone.  (Returning at once would have a Dogpile read and ask again in a
+    busy loop.)"""
     client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
     mutex = RedisMutex(client, key, lease=30, auto_renew=False)
     assert mutex._local.acquire(False)
     try:
-        assert finish(start(mutex.acquire_or_wait)) is False
+        out = start(mutex.acquire_or_wait)
+        deadline = time.monotonic() + DEADLINE
+        while not client.__dict__.get("replies"):
+            assert time.monotonic() < deadline, "the look never came"
+            time.sleep(0.001)
+        assert not out["done"].wait(0.05), "returned while the in-process lock was held"
     finally:
         mutex._local.release()
+    assert finish(out) is False
     assert names(client) == ["EVAL"] and client.sent[0][-1] == "0"
     assert redis_client.exists(key) == 0
 

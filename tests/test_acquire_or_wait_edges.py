@@ -71,7 +71,7 @@ def test_a_waiter_does_not_spin_while_a_thread_of_its_process_holds_a_lapsed_lea
 
     def creator():
         creating.set()
-        spinning.wait(1.0)  # ends at once if the waiter spins, else after 1 s
+        spinning.wait(0.3)  # ends at once if the waiter spins, else after 0.3 s
         store["v"] = ("v", time.time())
         return store["v"]
 
@@ -107,7 +107,7 @@ def test_async_a_waiter_does_not_spin_while_a_task_of_its_process_holds_a_lapsed
 
         async def creator():
             creating.set()
-            for _ in range(100):  # 1 s, or at once if the waiter spins
+            for _ in range(30):  # 0.3 s, or at once if the waiter spins
                 if spinning.is_set():
                     break
                 await asyncio.sleep(0.01)

@@ -748,11 +748,16 @@ def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
     waiter.release()
 
 
-def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, key):
+def test_a_lost_wake_up_is_recovered_by_the_safety_net(
+    redis_url, redis_client, key, monkeypatch
+):
     """Another client blocked on the wake-up list first takes the one
     wake-up (the server serves the longest waiter first): the waiter still
-    gets the lock, at the latest after its BLPOP's cap."""
+    gets the lock, at the latest after its BLPOP's cap (0.2 s here)."""
+    from dogpile.mutexes import _protocol
     from dogpile.mutexes._protocol import _wake_key
+
+    monkeypatch.setattr(_protocol, "_WAKE_CAP", 0.2)
 
     holder = RedisMutex(redis_client, key, lease=30)
     holder.acquire()
@@ -780,12 +785,15 @@ def test_a_lost_wake_up_is_recovered_by_the_safety_net(redis_url, redis_client, 
 
 
 def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
-    impl, redis_url, redis_client, key
+    impl, redis_url, redis_client, key, monkeypatch
 ):
     """A holder whose release does not signal (a process still on 1.0.0a1
     during a rolling deploy, or a key deleted by hand): the Dogpile's wait
-    ends at the mutex's cap (at most 1 s), not at the 30 s lease, and it
-    reads the value then, without taking the key."""
+    ends at the mutex's cap (1 s; 0.2 s here), not at the 30 s lease, and
+    it reads the value then, without taking the key."""
+    from dogpile.mutexes import _protocol
+
+    monkeypatch.setattr(_protocol, "_WAKE_CAP", 0.2)
     value_key = key + ":value"
     redis_client.set(key, "a foreign holder's token", px=30_000)
     result, reads = [], []

@@ -15,14 +15,15 @@
 #    .pyd).
 # 2. The compiled wheel, built FROM THE SDIST with
 #    DOGPILE_REQUIRE_EXTENSIONS=1, repaired by `auditwheel repair` to a
-#    manylinux tag, installed into a new venv; the tests (taken from the
-#    sdist, with its pyproject.toml for the pytest settings) run from a
-#    temporary directory with `python -s`, and dogpile.IMPLEMENTATION must
-#    be "cython".
+#    manylinux tag, installed into a new venv; the tests of what packaging
+#    can break (imports, API, signatures, the hostile-caller crash check,
+#    the core's behaviour; taken from the sdist, with its pyproject.toml for
+#    the pytest settings) run from a temporary directory with `python -s`,
+#    and dogpile.IMPLEMENTATION must be "cython".
 # 3. The pure wheel, built from the same sdist with DOGPILE_NO_EXTENSIONS=1:
 #    must be py3-none-any with no compiled file in it; installed into another
-#    new venv and tested with DOGPILE_NO_EXTENSIONS=1 (the compiled runs are
-#    deselected); dogpile.IMPLEMENTATION must be "python".
+#    new venv and tested, the whole suite, with DOGPILE_NO_EXTENSIONS=1 (the
+#    compiled runs are deselected); dogpile.IMPLEMENTATION must be "python".
 # 4. Cython only where it compiles: from the sdist, with pip allowed to see
 #    nothing but a setuptools wheel (--no-index, pip's configuration off),
 #    a DOGPILE_NO_EXTENSIONS=1 install must succeed, and a compiled one
@@ -105,6 +106,8 @@ wheel_has_modules() {
 }
 
 # run_suite NAME WHEEL EXPECTED_IMPLEMENTATION [ENV=VALUE...]
+# runs the tests named in $suite (default: the whole suite).
+suite=(tests)
 run_suite() {
     local name=$1 wheel=$2 expected=$3
     shift 3
@@ -127,7 +130,7 @@ print(f"dogpile {dogpile.__version__}, IMPLEMENTATION={dogpile.IMPLEMENTATION}, 
 assert where.startswith(venv + os.sep), f"dogpile imported from outside the venv: {where}"
 assert dogpile.IMPLEMENTATION == expected, f"IMPLEMENTATION is {dogpile.IMPLEMENTATION!r}, not {expected!r}"
 ' "$expected" "$venv"
-        "$venv/bin/python" -s -m pytest -p no:cacheprovider -q tests
+        "$venv/bin/python" -s -m pytest -p no:cacheprovider -q "${suite[@]}"
     ) || fail "$name wheel: tests"
 }
 
@@ -145,7 +148,15 @@ case $(basename "$wheel") in
     *) fail "auditwheel gave no manylinux tag: $(basename "$wheel")" ;;
 esac
 wheel_has_modules "$wheel"
+# What a repaired wheel can get wrong (a module missing, an extension that
+# does not load or crashes, its signatures, a dependency auditwheel should
+# have bundled); the whole suite runs against compiled builds of the same
+# sources in the README's run and in nox, from the sdist on every version.
+suite=(tests/test_api.py tests/test_imports.py tests/test_packaging.py tests/test_parity.py
+       tests/test_call_forms.py tests/test_hostile.py tests/test_dogpile.py
+       tests/test_wait_for_release.py)
 run_suite cython "$wheel" cython
+suite=(tests)
 
 # --- 3. pure wheel ----------------------------------------------------------
 say "pure wheel from the sdist"

@@ -523,7 +523,16 @@ def test_async_cancelled_while_waiting_or_at_any_point_leaves_nothing_held(
         for waiter in waiters:
             waiter.cancel()
         results = await asyncio.gather(*waiters, return_exceptions=True)
-        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        # redis-py may swallow a cancellation that lands as the XREAD's
+        # reply arrives, and return the reply (about once in ten on 3.10
+        # and 3.11): from 3.11 the mutex sees the pending cancellation and
+        # raises it; before, the wait ends as if woken (False).  Either way
+        # nothing is held.
+        cancelled = [isinstance(r, asyncio.CancelledError) for r in results]
+        if sys.version_info >= (3, 11):
+            assert all(cancelled), results
+        else:
+            assert all(c or r is False for c, r in zip(cancelled, results)), results
         assert redis_client.get(key) == b"another process"
         assert not mutex._local.locked() and mutex._token is None
         redis_client.delete(key)

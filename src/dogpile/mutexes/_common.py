@@ -6,6 +6,7 @@ import _thread
 import math
 import os
 import random
+import threading
 import time
 import weakref
 from typing import Any, Optional, Tuple
@@ -118,6 +119,19 @@ def _cooperative() -> bool:
 
 class _MutexBase:
     __slots__ = ()
+    # The in-process locks of FileMutex and RedisMutex, and what made them.
+    _local: Any
+    _guard: Any
+    _made_with: Any
+
+    def _locks_for_now(self) -> None:
+        """Make the in-process locks again if gevent or eventlet patched
+        _thread.allocate_lock since they were made: a lock made before the
+        patching blocks the whole OS thread, and every greenlet with it."""
+        if _thread.allocate_lock is not self._made_with:
+            self._local = threading.Lock()
+            self._guard = threading.Lock()
+            self._made_with = _thread.allocate_lock
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:  # pragma: no cover
         raise NotImplementedError

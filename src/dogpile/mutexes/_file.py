@@ -313,10 +313,7 @@ class FileMutex(_MutexBase):
         """Take the lock, waiting if ``blocking`` (at most ``timeout``
         seconds unless it is -1); return whether it was taken."""
         deadline = _deadline(blocking, timeout)
-        if _thread.allocate_lock is not self._made_with:
-            self._local = threading.Lock()
-            self._guard = threading.Lock()
-            self._made_with = _thread.allocate_lock
+        self._locks_for_now()
         if not self._local.acquire(bool(blocking), _remaining(deadline)):
             return False
         try:
@@ -364,10 +361,7 @@ class FileMutex(_MutexBase):
         on Windows, it polls with back-off instead.
         """
         deadline = _deadline(True, timeout)
-        if _thread.allocate_lock is not self._made_with:
-            self._local = threading.Lock()
-            self._guard = threading.Lock()
-            self._made_with = _thread.allocate_lock
+        self._locks_for_now()
         # Another thread of this process holds or is taking the mutex: wait
         # for the file like another process, without the in-process lock.
         if self._local.acquire(False):

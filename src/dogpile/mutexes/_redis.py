@@ -107,10 +107,7 @@ class RedisMutex(_MutexBase, _RedisKey):
         """Take the lock, waiting if ``blocking`` (at most ``timeout``
         seconds unless it is -1); return whether it was taken."""
         deadline = _deadline(blocking, timeout)
-        if _thread.allocate_lock is not self._made_with:
-            self._local = threading.Lock()
-            self._guard = threading.Lock()
-            self._made_with = _thread.allocate_lock
+        self._locks_for_now()
         # Threads of this process queue here, without touching the server,
         # and only one of them at a time polls the key.
         if not self._local.acquire(bool(blocking), _remaining(deadline)):
@@ -155,10 +152,7 @@ class RedisMutex(_MutexBase, _RedisKey):
         raises as ``acquire()`` does.
         """
         deadline = _deadline(True, timeout)
-        if _thread.allocate_lock is not self._made_with:
-            self._local = threading.Lock()
-            self._guard = threading.Lock()
-            self._made_with = _thread.allocate_lock
+        self._locks_for_now()
         token = secrets.token_hex(16)
         # Holding the in-process lock is what allows taking the key; it is
         # never held while this waits on the server.

@@ -352,6 +352,21 @@ async def wait_for_release(
     return await locked(state, mutex, creator, value_fn, value_and_created_fn, value, None)
 
 
+async def read_stored(state: _State, value_and_created_fn: Callable[[], Any]) -> Any:
+    """``(value, createdtime)`` from the caller's store, ``(NO_VALUE, -1.0)``
+    when it has none; the time is kept on the state.  (enter() reads inline:
+    it is the fresh path of value functions.)"""
+    try:
+        result = value_and_created_fn()
+        if _is_awaitable(result):
+            result = await result
+        value, createdtime = pair(result, "value_and_created_fn")
+    except NeedRegenerationException:
+        value, createdtime = NO_VALUE, -1.0
+    state.createdtime = createdtime
+    return value, createdtime
+
+
 async def read_unlocked(
     state: _State,
     value_fn: Optional[Callable[[], Any]],
@@ -360,14 +375,7 @@ async def read_unlocked(
     """The value and its creation time, read without the lock after a
     release: what locked() reads to learn whether another task created."""
     if value_and_created_fn is not None:
-        try:
-            result = value_and_created_fn()
-            if _is_awaitable(result):
-                result = await result
-            value, createdtime = pair(result, "value_and_created_fn")
-        except NeedRegenerationException:
-            return NO_VALUE, -1.0
-        state.createdtime = createdtime
+        value, createdtime = await read_stored(state, value_and_created_fn)
         return (value, createdtime) if has_stale(value, createdtime) else (NO_VALUE, -1.0)
     createdtime = state.createdtime
     if state.expired(createdtime, state.expiretime):
@@ -421,14 +429,7 @@ async def locked(
         if seen is not None and _log.isEnabledFor(logging.DEBUG):
             _log.debug("%r: refreshing early", state)
         if value_and_created_fn is not None:
-            try:
-                result = value_and_created_fn()
-                if _is_awaitable(result):
-                    result = await result
-                value, createdtime = pair(result, "value_and_created_fn")
-            except NeedRegenerationException:
-                value, createdtime = NO_VALUE, -1.0
-            state.createdtime = createdtime
+            value, createdtime = await read_stored(state, value_and_created_fn)
             expiretime, expired = state.expiretime, state.expired
             if value is not NO_VALUE and done_by_another(createdtime, seen, expiretime, expired):
                 return value

@@ -794,17 +794,27 @@ cdef object _wait_for_release(Dogpile self, _Options opts, object wait,
                    prior)
 
 
+cdef object _read_stored(Dogpile self, object value_and_created_fn, double *createdtime):
+    """The value from the caller's store and its time, or _NO_VALUE (time
+    -1) when it has none; the time is kept on the Dogpile.  (_enter reads
+    inline: it is the fresh path of value functions.)"""
+    cdef object value
+    try:
+        value = _pair(value_and_created_fn(), "value_and_created_fn", createdtime)
+    except NeedRegenerationException:
+        value = _NO_VALUE
+        createdtime[0] = -1.0
+    self._createdtime = createdtime[0]
+    return value
+
+
 cdef object _read_unlocked(Dogpile self, object value_fn, object value_and_created_fn,
                            double *createdtime):
     """The value and its creation time, read without the lock after a
     release: what _locked reads to learn whether another caller created."""
     cdef object value
     if value_and_created_fn is not None:
-        try:
-            value = _pair(value_and_created_fn(), "value_and_created_fn", createdtime)
-        except NeedRegenerationException:
-            return _NO_VALUE
-        self._createdtime = createdtime[0]
+        value = _read_stored(self, value_and_created_fn, createdtime)
         return value if createdtime[0] > 0 and value is not _NO_VALUE else _NO_VALUE
     createdtime[0] = self._createdtime
     if _expired(createdtime[0], self._expiretime):
@@ -860,12 +870,7 @@ cdef object _locked(Dogpile self, dp_word tag, _Options opts, object creator,
         if early and _log.isEnabledFor(_DEBUG):
             _log.debug("%r: refreshing early", self)
         if value_and_created_fn is not None:
-            try:
-                value = _pair(value_and_created_fn(), "value_and_created_fn", &createdtime)
-            except NeedRegenerationException:
-                value = _NO_VALUE
-                createdtime = -1.0
-            self._createdtime = createdtime
+            value = _read_stored(self, value_and_created_fn, &createdtime)
             if value is not _NO_VALUE and _done_by_another(createdtime, early, seen, self._expiretime):
                 return attempt.share(value)
             stale = value if createdtime > 0 else _NO_VALUE

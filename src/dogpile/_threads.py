@@ -232,11 +232,7 @@ def _read_unlocked(
     """The value and its creation time, read without the lock after a
     release: what _locked reads to learn whether another caller created."""
     if value_and_created_fn is not None:
-        try:
-            value, createdtime = pair(value_and_created_fn(), "value_and_created_fn")
-        except NeedRegenerationException:
-            return NO_VALUE, -1.0
-        d._createdtime = createdtime
+        value, createdtime = _read_stored(d, value_and_created_fn)
         return (value, createdtime) if has_stale(value, createdtime) else (NO_VALUE, -1.0)
     createdtime = d._createdtime
     if is_expired(createdtime, d._expiretime):
@@ -248,6 +244,17 @@ def _read_unlocked(
         return value_fn(), createdtime
     except NeedRegenerationException:
         return NO_VALUE, -1.0
+
+
+def _read_stored(d: Any, value_and_created_fn: Callable[[], Any]) -> Any:
+    """``(value, createdtime)`` from the caller's store, ``(NO_VALUE, -1.0)``
+    when it has none; the time is kept on the Dogpile."""
+    try:
+        value, createdtime = pair(value_and_created_fn(), "value_and_created_fn")
+    except NeedRegenerationException:
+        value, createdtime = NO_VALUE, -1.0
+    d._createdtime = createdtime
+    return value, createdtime
 
 
 def _count_wait(d: Any) -> None:
@@ -309,11 +316,7 @@ def _locked(
             _log.debug("%r: refreshing early", d)
         expiretime = d._expiretime
         if value_and_created_fn is not None:
-            try:
-                value, createdtime = pair(value_and_created_fn(), "value_and_created_fn")
-            except NeedRegenerationException:
-                value, createdtime = NO_VALUE, -1.0
-            d._createdtime = createdtime
+            value, createdtime = _read_stored(d, value_and_created_fn)
             if value is not NO_VALUE and done_by_another(createdtime, seen, expiretime):
                 return attempt.share(value)
             stale = value if createdtime > 0 else NO_VALUE

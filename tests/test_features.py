@@ -459,8 +459,10 @@ def test_a_failing_log_handler_does_not_leave_the_lock_held(impl):
             raise RuntimeError("broken filter")
 
     logger = logging.getLogger("dogpile")
-    d = impl.Dogpile(60, early_refresh=1e6)
-    # A creation that takes 10 ms: with that beta, any read refreshes early.
+    # XFetch refreshes when delta * beta * -ln(1 - U) >= 60 s left: with a
+    # 10 ms creation and beta 1e15 that misses only for U < 6e-12.  (Beta
+    # 1e6 missed for U < 0.006, and CI once drew one.)
+    d = impl.Dogpile(60, early_refresh=1e15)
     with d.acquire(lambda: time.sleep(0.01) or "v1"):
         pass
     explode = Explode()

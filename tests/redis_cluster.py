@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import pytest
-from redis_server import REQUIRE_VARIABLE
+from redis_server import REQUIRE_VARIABLE, log_tail, spawn, stopper
 
 MASTERS = 3
 START_DEADLINE = 20.0
@@ -65,29 +65,10 @@ def _start(config):
         return None, "no redis-server or redis-cli on the PATH"
     workdir = tempfile.mkdtemp(prefix="dogpile-redis-cluster-")
     ports, procs = [], []
-
-    def stop():
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(START_DEADLINE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(START_DEADLINE)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    config.add_cleanup(stop)
+    config.add_cleanup(stopper(procs, workdir))
 
     def logs():
-        tails = []
-        for port in ports:
-            try:
-                with open(os.path.join(workdir, f"{port}.log"), errors="replace") as log:
-                    tails.append(f"[{port}] " + log.read()[-300:])
-            except OSError:
-                pass
-        return "\n".join(tails)
+        return "\n".join(f"[{port}] " + log_tail(workdir, port, 300) for port in ports)
 
     for _ in range(MASTERS):
         port = _node_port()
@@ -95,22 +76,11 @@ def _start(config):
             port = _node_port()
         ports.append(port)
         procs.append(
-            subprocess.Popen(
-                [
-                    server,
-                    "--bind", "127.0.0.1",
-                    "--port", str(port),
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", os.path.join(workdir, f"nodes-{port}.conf"),
-                    "--cluster-node-timeout", "5000",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", workdir,
-                    "--logfile", os.path.join(workdir, f"{port}.log"),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            spawn(
+                server, port, workdir,
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", os.path.join(workdir, f"nodes-{port}.conf"),
+                "--cluster-node-timeout", "5000",
             )
         )
     deadline = time.monotonic() + START_DEADLINE

@@ -51,43 +51,69 @@ def _ping(url):
         client.close()
 
 
-def _start(config):
-    executable = shutil.which("redis-server")
-    if executable is None:
-        return None, f"no {URL_VARIABLE} and no redis-server on the PATH"
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="dogpile-redis-")
-    proc = subprocess.Popen(
+def spawn(executable, port, workdir, *options):
+    """A ``redis-server`` on 127.0.0.1:``port`` without persistence, its
+    log in ``workdir/<port>.log``; ``options`` are more of its flags."""
+    return subprocess.Popen(
         [
             executable,
             "--bind", "127.0.0.1",
             "--port", str(port),
+            *options,
             "--save", "",
             "--appendonly", "no",
             "--dir", workdir,
-            "--logfile", os.path.join(workdir, "redis.log"),
+            "--logfile", log_path(workdir, port),
         ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
+
+def log_path(workdir, port):
+    return os.path.join(workdir, f"{port}.log")
+
+
+def log_tail(workdir, port, size):
+    try:
+        with open(log_path(workdir, port), errors="replace") as log:
+            return log.read()[-size:]
+    except OSError:
+        return ""
+
+
+def stopper(procs, workdir):
+    """A clean-up that stops ``procs`` (killed if one ignores SIGTERM for
+    START_DEADLINE) and removes ``workdir``."""
+
     def stop():
-        proc.terminate()
-        try:
-            proc.wait(START_DEADLINE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(START_DEADLINE)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(START_DEADLINE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(START_DEADLINE)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    config.add_cleanup(stop)
+    return stop
+
+
+def _start(config):
+    executable = shutil.which("redis-server")
+    if executable is None:
+        return None, f"no {URL_VARIABLE} and no redis-server on the PATH"
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="dogpile-redis-")
+    proc = spawn(executable, port, workdir)
+    config.add_cleanup(stopper([proc], workdir))
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + START_DEADLINE
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            with open(os.path.join(workdir, "redis.log"), errors="replace") as log:
-                tail = log.read()[-500:]
+            tail = log_tail(workdir, port, 500)
             return None, f"redis-server exited with status {proc.returncode}: {tail}"
         if _ping(url):
             return url, None

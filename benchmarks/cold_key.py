@@ -16,6 +16,13 @@ first value waits for the creator's release, then reads the value once),
 and ``queue``, the same mutex behind a wrapper that hides its
 ``acquire_or_wait`` (every waiter takes the lock in turn to find the value
 there, as 1.0.0a1 did, though woken by the release instead of polling).
+A third mode, ``floor`` (``--modes read-once queue floor``), has no
+dogpile at all: the first process to ``SET NX`` a key creates, stores the
+value and pushes one wake-up per other process onto a list, on which every
+other one waits in ``BLPOP`` before it reads the value: the least that any
+lock woken by the server can do (a waiter's four commands: the first read,
+the ``SET NX``, the ``BLPOP`` and the read of the value, as in
+``read-once``), and so the floor that the machine's scheduling sets.
 
 Reported per N (over all processes of all rounds): the median and the
 maximum time from the common start to the value, the Redis commands each
@@ -47,7 +54,7 @@ class Queueing:
         self.locked = mutex.locked
 
 
-def child(url: str, prefix: str, mode: str, exit_at_once: bool) -> None:
+def child(url: str, prefix: str, mode: str, exit_at_once: bool, processes: int) -> None:
     import redis
 
     import dogpile
@@ -82,6 +89,20 @@ def child(url: str, prefix: str, mode: str, exit_at_once: bool) -> None:
         client.set(value_key, json.dumps(pair))
         return tuple(pair)
 
+    def floor():
+        # No lock object: a bare SET NX decides the creator, and a list
+        # carries the wake-ups; the others read the value once, after it.
+        try:
+            return stored()[0]
+        except dogpile.NeedRegenerationException:
+            pass
+        if client.set(prefix + "floor-lock", b"1", nx=True, px=60000):
+            value, _ = create()
+            client.rpush(prefix + "floor-wake", *[b"1"] * (processes - 1))
+            return value
+        client.blpop([prefix + "floor-wake"], timeout=60)
+        return stored()[0]
+
     # Connected before the start, as a running service's pool is: the
     # figures are the lock's, not a TCP handshake's.
     client.ping()
@@ -97,8 +118,12 @@ def child(url: str, prefix: str, mode: str, exit_at_once: bool) -> None:
         time.sleep(0.001)
     start_at = float(start)
     time.sleep(max(0.0, start_at - time.time()))
-    with d.acquire(create, value_and_created_fn=stored) as value:
+    if mode == "floor":
+        value = floor()
         took = time.time() - start_at
+    else:
+        with d.acquire(create, value_and_created_fn=stored) as value:
+            took = time.time() - start_at
     print(json.dumps({"took": took, "commands": CountingRedis.sent, "value": value}), flush=True)
     if not exit_at_once:
         # Stay until every process has its value: an interpreter shutting
@@ -115,7 +140,10 @@ def run(url: str, processes: int, mode: str, exit_at_once: bool = False) -> dict
     prefix = f"dogpile-bench-cold:{uuid.uuid4().hex}:"
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--child", url, prefix, mode, str(int(exit_at_once))],
+            [
+                sys.executable, __file__, "--child", url, prefix, mode,
+                str(int(exit_at_once)), str(processes),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -157,7 +185,10 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[4, 16, 32])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--modes", nargs="+", choices=["read-once", "queue"], default=["read-once", "queue"]
+        "--modes",
+        nargs="+",
+        choices=["read-once", "queue", "floor"],
+        default=["read-once", "queue"],
     )
     parser.add_argument(
         "--exit-at-once",
@@ -194,7 +225,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1")
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1", int(sys.argv[6]))
     else:
         main()

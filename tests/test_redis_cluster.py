@@ -139,7 +139,9 @@ def test_every_key_of_the_mutex_shares_the_lock_keys_slot(cluster_nodes, name, d
     try:
         slot = client.keyslot(name)
         token = "0" * 32
-        for key in (_wake_key(name), _stream_key(name), _released_key(name, token)):
+        for key in (
+            _wake_key(name, True), _stream_key(name, True), _released_key(name, token, True)
+        ):
             assert client.keyslot(key) == slot, key
         holder = RedisMutex(client, name, lease=5)
         other = RedisMutex(sync_client(cluster_nodes, decode_responses=decode), name, lease=5)

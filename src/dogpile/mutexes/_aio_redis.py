@@ -258,8 +258,9 @@ class AsyncRedisMutex(_RedisKey):
         except BaseException as exc:
             if take and self._take_back_after(exc):
                 await self._delete_if_ours(token)
-            if isinstance(exc, self._errors):
-                raise self._unreachable(exc, "acquire_or_wait()") from exc
+            failure = self._failure(exc, "acquire_or_wait()")
+            if failure is not None:
+                raise failure from exc
             raise
 
     async def _acquire_key(self, blocking: bool, deadline: Optional[float]) -> bool:
@@ -286,8 +287,9 @@ class AsyncRedisMutex(_RedisKey):
                 # timed-out reply): take back what is ours, if it is.
                 if self._take_back_after(exc):
                     await self._delete_if_ours(token)
-                if isinstance(exc, self._errors):
-                    raise self._unreachable(exc, "acquire()") from exc
+                failure = self._failure(exc, "acquire()")
+                if failure is not None:
+                    raise failure from exc
                 raise
             if taken > 0:
                 break
@@ -385,8 +387,11 @@ class AsyncRedisMutex(_RedisKey):
         delete.add_done_callback(self._released)
         try:
             deleted = await asyncio.shield(delete)
-        except self._errors as exc:
-            raise self._unreachable(exc, "release()") from exc
+        except Exception as exc:
+            failure = self._failure(exc, "release()")
+            if failure is not None:
+                raise failure from exc
+            raise
         if not deleted:
             raise self._lease_lost(renewal)
 
@@ -405,8 +410,11 @@ class AsyncRedisMutex(_RedisKey):
         """Whether anyone (this process or another) holds the lock now."""
         try:
             return bool(await self._client.exists(self._name))
-        except self._errors as exc:
-            raise self._unreachable(exc, "locked()") from exc
+        except Exception as exc:
+            failure = self._failure(exc, "locked()")
+            if failure is not None:
+                raise failure from exc
+            raise
 
     async def __aenter__(self) -> "AsyncRedisMutex":
         await self.acquire()

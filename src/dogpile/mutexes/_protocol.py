@@ -155,36 +155,48 @@ _RELEASED_MS = 60_000
 _WAKE_CAP = 1.0
 
 
-def _released_key(name: Union[str, bytes], token: str) -> bytes:
+def _released_key(name: Union[str, bytes], token: str, cluster: bool = False) -> bytes:
     """The note a release leaves for ``token`` (see _RELEASE)."""
-    return _sibling_key(name, b":dogpile-released:" + token.encode())
+    return _sibling_key(name, b":dogpile-released:" + token.encode(), cluster)
 
 
-def _wake_key(name: Union[str, bytes]) -> bytes:
+def _wake_key(name: Union[str, bytes], cluster: bool = False) -> bytes:
     """The list that waiters for ``name`` block on (see _RELEASE)."""
-    return _sibling_key(name, b":dogpile-wake")
+    return _sibling_key(name, b":dogpile-wake", cluster)
 
 
-def _stream_key(name: Union[str, bytes]) -> bytes:
+def _stream_key(name: Union[str, bytes], cluster: bool = False) -> bytes:
     """The stream that acquire_or_wait()'s waiters for ``name`` read (see
     _RELEASE and _TAKE_OR_LOOK)."""
-    return _sibling_key(name, b":dogpile-released-stream")
+    return _sibling_key(name, b":dogpile-released-stream", cluster)
 
 
-def _sibling_key(name: Union[str, bytes], suffix: bytes) -> bytes:
-    """A key of the mutex's own, in the same hash slot as the lock key
-    ``name``: Redis Cluster runs a script only on keys of one slot.  A name
-    with a hash tag ``{...}`` gives its slot to any key that starts with
-    it; a name without one is hashed whole, which ``{name}`` reproduces
-    unless the name holds a "}" (such a name is refused on a cluster: see
+def _sibling_key(name: Union[str, bytes], suffix: bytes, cluster: bool) -> bytes:
+    """A key of the mutex's own, named after the lock key ``name``.
+
+    On one server, ``name`` + ``suffix``: the name stays a prefix, so that
+    an ACL user allowed ``name``'s prefix (``~app:*`` for ``app:lock``) may
+    use the mutex's keys too.  On a Redis Cluster the key must also share
+    ``name``'s hash slot, since a cluster runs a script only on keys of one
+    slot: a name with a hash tag ``{...}`` gives its slot to any key that
+    starts with it; a name without one is hashed whole, which ``{name}``
+    reproduces unless the name holds a "}" (such a name is refused: see
     _RedisKey._set_key)."""
     raw = name.encode() if isinstance(name, str) else bytes(name)
+    if not cluster:
+        return raw + suffix
     start = raw.find(b"{")
     if start >= 0 and raw.find(b"}", start + 1) > start + 1:
         return raw + suffix
     if b"}" not in raw:
         return b"{" + raw + b"}" + suffix
-    return raw + suffix  # no key shares its slot; right on one server
+    return raw + suffix  # no key shares its slot: refused by _set_key
+
+
+def _no_permission(exc: BaseException) -> bool:
+    """Did the server refuse a command to the client's ACL user?  (redis-py
+    and valkey raise NoPermissionError for a NOPERM reply.)"""
+    return type(exc).__name__ == "NoPermissionError" or str(exc).startswith("NOPERM")
 
 
 _RENEW = """
@@ -377,6 +389,7 @@ class _RedisKey:
         "_renewal",
         "_wake_list",
         "_wake_stream",
+        "_cluster_keys",
         "_streams",
         "_wake",
         "_wake_cap",
@@ -402,8 +415,10 @@ class _RedisKey:
         self._lease_ms = _lease_ms(lease)
         self._lease = float(lease)
         self._client = _mutex_client(client)
-        self._wake_list = _wake_key(name)
-        if _cluster(client) and client.keyslot(name) != client.keyslot(self._wake_list):
+        cluster = _cluster(client)
+        self._cluster_keys = cluster
+        self._wake_list = _wake_key(name, cluster)
+        if cluster and client.keyslot(name) != client.keyslot(self._wake_list):
             # Its scripts could not run: a cluster runs one only on keys of
             # one slot (see _sibling_key).
             raise ValueError(
@@ -412,7 +427,7 @@ class _RedisKey:
                 "(e.g. '{...}') or leave out the '}'"
             )
         self._wake = True  # False once the server refused a BLPOP (Redis < 6)
-        self._wake_stream = _stream_key(name)
+        self._wake_stream = _stream_key(name, cluster)
         self._streams = True  # False once the server refused an XREAD (Redis < 5)
         self._wake_cap = _wake_cap(self._client)
         self._name = name
@@ -477,17 +492,29 @@ class _RedisKey:
             )
 
     def _acquire_command(self, token: str) -> Tuple[Any, ...]:
-        """The arguments of ``eval`` that try to take the key for ``token``."""
-        return (_ACQUIRE, 1, self._name, token, self._lease_ms)
+        """The arguments of ``eval`` that try to take the key for ``token``.
+        The keys that release() will need are declared too, unused: a
+        client whose ACL user may not touch them is refused here, before
+        anything is taken, not at release() with the key left held."""
+        return (_ACQUIRE, *self._all_keys(token), token, self._lease_ms)
 
     def _take_or_look_command(self, token: str, take: bool) -> Tuple[Any, ...]:
         """The arguments of ``eval`` of acquire_or_wait()'s try: take the key
         for ``token`` (or only look, if not ``take``), and if not taken, read
         the wake-up stream's last id."""
+        # All four keys declared, as in _acquire_command; the script reads
+        # the first two.
         return (
-            _TAKE_OR_LOOK, 2, self._name, self._wake_stream,
-            token, self._lease_ms, "1" if take else "0",
+            _TAKE_OR_LOOK, 4, self._name, self._wake_stream, self._wake_list,
+            self._released_note(token), token, self._lease_ms, "1" if take else "0",
         )
+
+    def _released_note(self, token: str) -> bytes:
+        return _released_key(self._name, token, self._cluster_keys)
+
+    def _all_keys(self, token: str) -> Tuple[Any, ...]:
+        """``numkeys`` and the keys of _RELEASE, in its order."""
+        return (4, self._name, self._released_note(token), self._wake_list, self._wake_stream)
 
     @staticmethod
     def _taken(reply: Any) -> bool:
@@ -527,11 +554,7 @@ class _RedisKey:
 
     def _release_command(self, token: str) -> Tuple[Any, ...]:
         """The arguments of ``eval`` that release ``token``'s key."""
-        name = self._name
-        return (
-            _RELEASE, 4, name, _released_key(name, token), self._wake_list,
-            self._wake_stream, token, _RELEASED_MS, self._lease_ms,
-        )
+        return (_RELEASE, *self._all_keys(token), token, _RELEASED_MS, self._lease_ms)
 
     def _delete_command(self, token: str) -> Tuple[Any, ...]:
         """The arguments of ``eval`` that take back a key ``token`` may hold,
@@ -547,8 +570,11 @@ class _RedisKey:
         """May the SET of an acquire() that failed with ``exc`` have reached
         the server?  (Not after a ConnectionError: the client has already
         retried and failed to reach the server, another try would only
-        double the caller's wait, and the lease ends the key anyway.)"""
-        return not isinstance(exc, self._errors[0])
+        double the caller's wait, and the lease ends the key anyway.  Nor
+        after a NOPERM: the server refused the script before it ran.)"""
+        return not isinstance(exc, self._errors[0]) and not (
+            exc is not None and _no_permission(exc)
+        )
 
     def _wait_after(
         self, taken: int, blocking: bool, deadline: Optional[float]
@@ -588,6 +614,47 @@ class _RedisKey:
 
     def _not_held(self) -> LockError:
         return LockError(f"release(): {type(self).__name__} {self._name!r} is not held")
+
+    def _failure(self, exc: BaseException, during: str) -> Optional[BaseException]:
+        """What to raise for a command that failed with ``exc``, or None to
+        let ``exc`` through: the server unreachable, or the client's ACL user
+        refused the mutex's keys."""
+        if isinstance(exc, self._errors):
+            return self._unreachable(exc, during)
+        if _no_permission(exc):
+            return self._refused(exc, during)
+        return None
+
+    def _refused(self, exc: BaseException, during: str) -> BaseException:
+        def show(key: Union[str, bytes]) -> str:
+            return repr(key.decode(errors="backslashreplace") if isinstance(key, bytes) else key)
+
+        name = self._name
+        raw = name.encode() if isinstance(name, str) else bytes(name)
+        released = _released_key(name, "", self._cluster_keys)
+        keys = [show(name), show(self._wake_list), show(self._wake_stream), show(released + b"*")]
+        if self._wake_list.startswith(raw):
+            advice = f"e.g. with the ACL key pattern {show(b'~' + raw + b'*')}"
+        else:
+            # A cluster's {name}: prefix; a hash tag inside the name
+            # ("app:{lock}") keeps the name a prefix of every key.
+            prefix = self._wake_list[: self._wake_list.index(b"}") + 1]
+            patterns = f"{show(b'~' + raw)} and {show(b'~' + prefix + b'*')}"
+            advice = (
+                f"e.g. with the ACL key patterns {patterns}, "
+                "or give the name a hash tag (\"app:{lock}\" for \"app:lock\") so that "
+                "its prefix covers them all"
+            )
+        message = (
+            f"{type(self).__name__} {name!r}: the Redis server at "
+            f"{_server_address(self._client)} refused {during} to the client's ACL "
+            f"user ({exc}); the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
+        )
+        try:
+            # The client's own class, as in _unreachable.
+            return type(exc)(message)
+        except Exception:  # pragma: no cover - a class with another signature
+            return PermissionError(message)
 
     def _unreachable(self, exc: BaseException, during: str) -> BaseException:
         message = (

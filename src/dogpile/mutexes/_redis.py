@@ -211,8 +211,9 @@ class RedisMutex(_MutexBase, _RedisKey):
             # taken back.
             if take and self._take_back_after(exc):
                 self._delete_if_ours(token)
-            if isinstance(exc, self._errors):
-                raise self._unreachable(exc, "acquire_or_wait()") from exc
+            failure = self._failure(exc, "acquire_or_wait()")
+            if failure is not None:
+                raise failure from exc
             raise
 
     def _acquire_key(self, blocking: bool, deadline: Optional[float]) -> bool:
@@ -228,8 +229,9 @@ class RedisMutex(_MutexBase, _RedisKey):
                 # timed-out reply, Ctrl-C): take back what is ours, if it is.
                 if self._take_back_after(exc):
                     self._delete_if_ours(token)
-                if isinstance(exc, self._errors):
-                    raise self._unreachable(exc, "acquire()") from exc
+                failure = self._failure(exc, "acquire()")
+                if failure is not None:
+                    raise failure from exc
                 raise
             if taken > 0:
                 break
@@ -302,8 +304,11 @@ class RedisMutex(_MutexBase, _RedisKey):
         try:
             try:
                 deleted = self._client.eval(*self._release_command(token))
-            except self._errors as exc:
-                raise self._unreachable(exc, "release()") from exc
+            except Exception as exc:
+                failure = self._failure(exc, "release()")
+                if failure is not None:
+                    raise failure from exc
+                raise
         finally:
             # After the delete, so that a thread of this process waiting
             # here finds the key gone instead of backing off.
@@ -315,8 +320,11 @@ class RedisMutex(_MutexBase, _RedisKey):
         """Whether anyone (this process or another) holds the lock now."""
         try:
             return bool(self._client.exists(self._name))
-        except self._errors as exc:
-            raise self._unreachable(exc, "locked()") from exc
+        except Exception as exc:
+            failure = self._failure(exc, "locked()")
+            if failure is not None:
+                raise failure from exc
+            raise
 
     def _forget_after_fork(self) -> None:
         # The parent's renewer did not come along; the parent still holds

@@ -516,10 +516,18 @@ def test_async_cancelled_while_waiting_or_at_any_point_leaves_nothing_held(
     from dogpile.mutexes import AsyncRedisMutex
 
     async def body(make):
-        mutex = AsyncRedisMutex(make(), key, lease=30)
+        client = make()
+        mutex = AsyncRedisMutex(client, key, lease=30)
         redis_client.set(key, "another process", px=60_000)
         waiters = [asyncio.ensure_future(mutex.acquire_or_wait()) for _ in range(3)]
-        await wait_until_async(lambda: blocked_xreads(redis_client, key) >= 3, "XREADs")
+        # One task blocks in XREAD; the other two, their script answered,
+        # wait for it without a command (one connection for all three).
+        await wait_until_async(
+            lambda: blocked_xreads(redis_client, key) == 1
+            and len(getattr(client, "replies", [])) == 3,
+            "one XREAD and three scripts answered",
+        )
+        assert sorted(names(client)) == ["EVAL", "EVAL", "EVAL", "XREAD"]
         for waiter in waiters:
             waiter.cancel()
         results = await asyncio.gather(*waiters, return_exceptions=True)

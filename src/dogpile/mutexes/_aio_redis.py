@@ -124,7 +124,7 @@ class AsyncRedisMutex(_RedisKey):
     key it may have set.
     """
 
-    __slots__ = ("_local", "_local_loop", "_local_pid", "_releasing")
+    __slots__ = ("_local", "_local_loop", "_local_pid", "_releasing", "_server_wait")
 
     def __init__(
         self, client: Any, name: Union[str, bytes], lease: float = 30.0, auto_renew: bool = True
@@ -137,6 +137,9 @@ class AsyncRedisMutex(_RedisKey):
         self._local_pid = 0
         # The delete of a release() under way (see release()).
         self._releasing: Optional[asyncio.Future[Any]] = None
+        # Set when the one XREAD that tasks of this loop share ends (see
+        # _wait_for_release); None while none is blocked.
+        self._server_wait: Optional[asyncio.Event] = None
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
 
@@ -156,6 +159,7 @@ class AsyncRedisMutex(_RedisKey):
             self._renewal[0] = None
             self._releasing = None
         self._local = asyncio.Lock()
+        self._server_wait = None  # another loop's
         self._local_loop = weakref.ref(loop)
         self._local_pid = os.getpid()
         return self._local
@@ -191,7 +195,8 @@ class AsyncRedisMutex(_RedisKey):
 
         RedisMutex.acquire_or_wait() for asyncio: the same two commands for
         a wait woken by the release (a script, then XREAD), one for a take,
-        the same broadcast to every waiter and the same reasons for a
+        the same one XREAD shared by the tasks of this loop waiting on this
+        mutex, the same broadcast to every waiter and the same reasons for a
         False (a release, the holder's lease running out, the 1 s safety
         net, the ``timeout``).  A task of this process that holds or is
         taking the mutex is never overtaken: this one waits for that task's
@@ -227,12 +232,23 @@ class AsyncRedisMutex(_RedisKey):
         return await self._wait_for_release(reply, deadline)
 
     async def _wait_for_release(self, reply: Any, deadline: Optional[float]) -> bool:
-        """acquire_or_wait() after a try that did not take the key."""
+        """acquire_or_wait() after a try that did not take the key: one
+        task of this loop blocks in XREAD, and the others wait for it, so
+        that the waiters hold one connection of the client's pool, not one
+        each (see RedisMutex._wait_for_release)."""
         plan = self._wake_plan(reply, deadline)
         if plan is None:
             return False
         streams, block, sleep = plan
         if streams is not None:
+            shared = self._server_wait
+            if shared is not None:
+                try:
+                    await asyncio.wait_for(shared.wait(), block / 1000)
+                except asyncio.TimeoutError:
+                    pass
+                return False
+            self._server_wait = event = asyncio.Event()
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -241,6 +257,10 @@ class AsyncRedisMutex(_RedisKey):
                 return False
             except Exception as exc:
                 self._stream_failed(exc)
+            finally:
+                if self._server_wait is event:
+                    self._server_wait = None
+                event.set()
         await asyncio.sleep(sleep)
         return False
 

@@ -84,7 +84,7 @@ class RedisMutex(_MutexBase, _RedisKey):
     nothing is left locked.
     """
 
-    __slots__ = ("_local", "_guard", "_made_with")
+    __slots__ = ("_local", "_guard", "_made_with", "_server_wait")
 
     def __init__(
         self,
@@ -97,6 +97,9 @@ class RedisMutex(_MutexBase, _RedisKey):
         self._local = threading.Lock()
         self._guard = threading.Lock()
         self._made_with = _thread.allocate_lock
+        # Set when the one XREAD that threads of this process share ends
+        # (see _wait_for_release); None while none is blocked.
+        self._server_wait: Optional[threading.Event] = None
         # The current acquisition's renewal, in a list so that the finalizer
         # can stop it without keeping the mutex alive.
         self._renewal: List[Optional[_Renewal]] = [None]
@@ -140,6 +143,9 @@ class RedisMutex(_MutexBase, _RedisKey):
         A take costs one command; a wait woken by the release costs two
         (one script that tries the key and reads the wake-up stream's last
         id, then an XREAD that blocks until the release adds past that id).
+        Threads of this process waiting on this mutex share one XREAD, and
+        so one connection of the client's pool (a bounded pool stays free
+        for the holder's commands); the others send only the script.
         One release wakes every waiter in acquire_or_wait(), in any
         process, thread or task (``acquire()``'s waiters are woken one at
         a time).  Another thread of this process that holds or is taking
@@ -187,12 +193,29 @@ class RedisMutex(_MutexBase, _RedisKey):
         return self._wait_for_release(reply, deadline)
 
     def _wait_for_release(self, reply: Any, deadline: Optional[float]) -> bool:
-        """acquire_or_wait() after a try that did not take the key."""
+        """acquire_or_wait() after a try that did not take the key.
+
+        One thread of this process blocks in XREAD; the others that come
+        meanwhile wait for it to return, here.  A blocking command holds a
+        connection of the client's pool until it returns: with one per
+        waiting thread, a pool with ``max_connections`` fewer than the
+        waiters would refuse (or, blocking, queue) the creator's own
+        commands, the write of the value and the release that would end
+        the wait."""
         plan = self._wake_plan(reply, deadline)
         if plan is None:
             return False
         streams, block, sleep = plan
         if streams is not None:
+            with self._guard:
+                shared = self._server_wait
+                if shared is None:
+                    self._server_wait = event = threading.Event()
+            if shared is not None:
+                # Its XREAD started from an id no newer than this one's
+                # script saw, so any release since wakes it, and so this.
+                shared.wait(block / 1000)
+                return False
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -200,6 +223,11 @@ class RedisMutex(_MutexBase, _RedisKey):
                 return False
             except Exception as exc:
                 self._stream_failed(exc)
+            finally:
+                with self._guard:
+                    if self._server_wait is event:
+                        self._server_wait = None
+                event.set()
         time.sleep(sleep)
         return False
 
@@ -333,3 +361,4 @@ class RedisMutex(_MutexBase, _RedisKey):
         self._renewal[0] = None
         self._local = threading.Lock()
         self._guard = threading.Lock()
+        self._server_wait = None  # the parent's waiting thread did not come along

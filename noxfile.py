@@ -193,6 +193,9 @@ def redis_oldest(session: nox.Session) -> None:
         "tests/test_acquire_or_wait.py",
         # Its asyncio tests skip: redis.asyncio.cluster came in redis-py 4.3.
         "tests/test_redis_cluster.py",
+        "tests/test_redis_acl.py",
+        "tests/test_redis_pool.py",
+        "tests/test_redis_sentinel.py",
         *session.posargs,
         env={"DOGPILE_NO_EXTENSIONS": None},
     )

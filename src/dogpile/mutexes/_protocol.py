@@ -355,6 +355,10 @@ def _server_address(client: Any) -> str:
         return f"unix:{kwargs['path']}?db={db}"
     if "host" in kwargs:
         return f"{kwargs['host']}:{kwargs.get('port', 6379)}/{db}"
+    service = getattr(getattr(client, "connection_pool", None), "service_name", None)
+    if isinstance(service, str):
+        # A Sentinel's master_for(): the address changes with failovers.
+        return f"the master of Sentinel service {service!r} (db {db})"
     text = repr(client)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -363,6 +363,15 @@ def _server_address(client: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _same_kind(exc: BaseException, message: str, fallback: Type[Exception]) -> BaseException:
+    """``exc``'s own class with ``message``, so that the caller's ``except
+    redis.ConnectionError`` (or ResponseError) still catches it."""
+    try:
+        return type(exc)(message)
+    except Exception:  # pragma: no cover - a class with another signature
+        return fallback(message)
+
+
 def _lease_ms(lease: Any) -> int:
     if isinstance(lease, bool) or not isinstance(lease, (int, float)):
         raise TypeError(f"lease must be a number of seconds, not {type(lease).__name__!r}")
@@ -654,23 +663,14 @@ class _RedisKey:
             f"{_server_address(self._client)} refused {during} to the client's ACL "
             f"user ({exc}); the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
         )
-        try:
-            # The client's own class, as in _unreachable.
-            return type(exc)(message)
-        except Exception:  # pragma: no cover - a class with another signature
-            return PermissionError(message)
+        return _same_kind(exc, message, PermissionError)
 
     def _unreachable(self, exc: BaseException, during: str) -> BaseException:
         message = (
             f"{type(self).__name__} {self._name!r}: cannot reach the Redis server at "
             f"{_server_address(self._client)} during {during}: {exc}"
         )
-        try:
-            # The client's own class, so ``except redis.ConnectionError``
-            # in the caller still catches it.
-            return type(exc)(message)
-        except Exception:  # pragma: no cover - a class with another signature
-            return ConnectionError(message)
+        return _same_kind(exc, message, ConnectionError)
 
     def __repr__(self) -> str:
         state = "held" if self._token is not None else "free"

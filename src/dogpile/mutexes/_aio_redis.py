@@ -22,7 +22,7 @@ import secrets
 import time
 import weakref
 from functools import partial
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from .._aio_locks import (
     _CLEANUP_RERUNS,
@@ -138,8 +138,9 @@ class AsyncRedisMutex(_RedisKey):
         # The delete of a release() under way (see release()).
         self._releasing: Optional[asyncio.Future[Any]] = None
         # Set when the one XREAD that tasks of this loop share ends (see
-        # _wait_for_release); None while none is blocked.
-        self._server_wait: Optional[asyncio.Event] = None
+        # _wait_for_release), and the stream id its XREAD started from;
+        # None while none is blocked.
+        self._server_wait: Optional[Tuple[asyncio.Event, bytes]] = None
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
 
@@ -241,14 +242,20 @@ class AsyncRedisMutex(_RedisKey):
             return False
         streams, block, sleep = plan
         if streams is not None:
+            since = streams[self._wake_stream]
             shared = self._server_wait
             if shared is not None:
+                if shared[1] != since:
+                    # A release landed between this one's script and the
+                    # leader's: this one's wake-up (see RedisMutex).
+                    return False
                 try:
-                    await asyncio.wait_for(shared.wait(), block / 1000)
+                    await asyncio.wait_for(shared[0].wait(), block / 1000)
                 except asyncio.TimeoutError:
                     pass
                 return False
-            self._server_wait = event = asyncio.Event()
+            event = asyncio.Event()
+            self._server_wait = (event, since)
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -258,7 +265,7 @@ class AsyncRedisMutex(_RedisKey):
             except Exception as exc:
                 self._stream_failed(exc)
             finally:
-                if self._server_wait is event:
+                if self._server_wait is not None and self._server_wait[0] is event:
                     self._server_wait = None
                 event.set()
         await asyncio.sleep(sleep)

@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from ._common import _BACKOFF_FIRST, _backoff, _deadline, _instances, _MutexBase, _remaining
 from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
@@ -98,8 +98,9 @@ class RedisMutex(_MutexBase, _RedisKey):
         self._guard = threading.Lock()
         self._made_with = _thread.allocate_lock
         # Set when the one XREAD that threads of this process share ends
-        # (see _wait_for_release); None while none is blocked.
-        self._server_wait: Optional[threading.Event] = None
+        # (see _wait_for_release), and the stream id it started from; None
+        # while none is blocked.
+        self._server_wait: Optional[Tuple[threading.Event, bytes]] = None
         # The current acquisition's renewal, in a list so that the finalizer
         # can stop it without keeping the mutex alive.
         self._renewal: List[Optional[_Renewal]] = [None]
@@ -207,14 +208,21 @@ class RedisMutex(_MutexBase, _RedisKey):
             return False
         streams, block, sleep = plan
         if streams is not None:
+            since = streams[self._wake_stream]
             with self._guard:
                 shared = self._server_wait
                 if shared is None:
-                    self._server_wait = event = threading.Event()
+                    event = threading.Event()
+                    self._server_wait = (event, since)
             if shared is not None:
-                # Its XREAD started from an id no newer than this one's
-                # script saw, so any release since wakes it, and so this.
-                shared.wait(block / 1000)
+                if shared[1] != since:
+                    # A release added an entry between this one's script
+                    # and the leader's: it is this one's wake-up, which the
+                    # leader's XREAD (from the newer id) would not see.
+                    return False
+                # Its XREAD started from the id this one's script saw, so
+                # any release since wakes it, and so this.
+                shared[0].wait(block / 1000)
                 return False
             try:
                 # Returns when a release adds to the stream (at once if one
@@ -225,7 +233,7 @@ class RedisMutex(_MutexBase, _RedisKey):
                 self._stream_failed(exc)
             finally:
                 with self._guard:
-                    if self._server_wait is event:
+                    if self._server_wait is not None and self._server_wait[0] is event:
                         self._server_wait = None
                 event.set()
         time.sleep(sleep)

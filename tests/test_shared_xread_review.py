@@ -1,0 +1,147 @@
+"""The one XREAD that the waiters of one process share (review findings).
+
+A waiter whose own script ran BEFORE a release must return at once after
+that release (its caller then reads what the release's holder made), as it
+did with one XREAD each: its XREAD started from an id older than the
+release's entry.  With the shared XREAD, a waiter that reaches the share
+after a newer leader (whose script ran after that release, the key taken
+again meanwhile) waits for the leader's XREAD, which waits for the NEXT
+release, or the 1 s safety net.  The pause between the waiter's script
+and the share is what a thread switch or a slow reply does; here a hook
+of the client holds it there.
+"""
+
+import threading
+import time
+
+import pytest
+import redis_server
+from conftest import DEADLINE
+from redis_server import unique_key
+from test_acquire_or_wait import blocked_xreads, counting, finish, poll, start, tag
+
+from dogpile.mutexes import RedisMutex
+from dogpile.mutexes._protocol import _stream_key, _wake_key
+
+redis_url = redis_server.redis_url
+redis_client = redis_server.redis_client
+
+redis = pytest.importorskip("redis")
+
+
+@pytest.fixture
+def key(redis_client):
+    name = unique_key("review")
+    yield name
+    redis_client.delete(name, _stream_key(name), _wake_key(name))
+
+
+def test_a_waiter_whose_script_ran_before_a_release_is_not_held_by_a_newer_leader(
+    redis_url, redis_client, key
+):
+    first = RedisMutex(redis_client, key, lease=30)
+    second = RedisMutex(redis.Redis.from_url(redis_url), key, lease=30)
+    assert first.acquire(blocking=False)
+
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
+    late = threading.local()
+    replied, go = threading.Event(), threading.Event()
+
+    def pause_the_late_thread(args):
+        # Only the late waiter's script: it has its reply (held, id X) and
+        # is held here, as a preempted thread would be.
+        if getattr(late, "on", False) and str(args[0]).upper() == "EVAL":
+            late.on = False
+            replied.set()
+            go.wait(DEADLINE)
+
+    client.after = pause_the_late_thread
+    waiter = RedisMutex(client, key, lease=30)
+
+    def late_waiter():
+        late.on = True
+        began = time.monotonic()
+        result = waiter.acquire_or_wait(timeout=5)
+        return result, time.monotonic() - began
+
+    a = start(late_waiter)
+    assert replied.wait(DEADLINE)
+    # The release A must see, then another process takes the key again.
+    first.release()
+    released_at = time.monotonic()
+    assert second.acquire(blocking=False)
+    # Thread B's script sees the key held and the release's entry: it
+    # leads the shared XREAD from that newer id.
+    b = start(waiter.acquire_or_wait, 5)
+    poll(lambda: blocked_xreads(redis_client, key) == 1, "B's XREAD")
+    go.set()
+    try:
+        result, _ = finish(a)
+        late_by = time.monotonic() - released_at
+        assert result is False
+        # One XREAD each: A's XREAD from X returns at once (a few ms).
+        assert late_by < 0.5, f"A returned {late_by:.3f}s after the release it waited for"
+    finally:
+        second.release()
+        finish(b)
+        client.close()
+
+
+def test_async_a_waiter_whose_script_ran_before_a_release_is_not_held_by_a_newer_leader(
+    redis_url, redis_client, key
+):
+    """The same with tasks of one loop: the late task's reply is read
+    after the leader's (its resumption is what the loop schedules)."""
+    import asyncio
+    import contextvars
+
+    import redis.asyncio
+
+    from dogpile.mutexes import AsyncRedisMutex
+
+    late = contextvars.ContextVar("late", default=None)
+
+    class Pausing(redis.asyncio.Redis):
+        async def execute_command(self, *args, **options):
+            reply = await super().execute_command(*args, **options)
+            gate = late.get()
+            if gate is not None and str(args[0]).upper() == "EVAL":
+                late.set(None)
+                gate[0].set()
+                await asyncio.wait_for(gate[1].wait(), DEADLINE)
+            return reply
+
+    async def main():
+        first = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=30)
+        second = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=30)
+        client = Pausing.from_url(redis_url, client_name=tag(key))
+        waiter = AsyncRedisMutex(client, key, lease=30)
+        assert await first.acquire(blocking=False)
+        replied, go = asyncio.Event(), asyncio.Event()
+
+        async def late_waiter():
+            late.set((replied, go))
+            return await waiter.acquire_or_wait(timeout=5)
+
+        a = asyncio.ensure_future(late_waiter())
+        await asyncio.wait_for(replied.wait(), DEADLINE)
+        await first.release()
+        released_at = time.monotonic()
+        assert await second.acquire(blocking=False)
+        b = asyncio.ensure_future(waiter.acquire_or_wait(timeout=5))
+        deadline = time.monotonic() + DEADLINE
+        while blocked_xreads(redis_client, key) != 1:
+            assert time.monotonic() < deadline, "B's XREAD"
+            await asyncio.sleep(0.005)
+        go.set()
+        try:
+            assert await asyncio.wait_for(a, DEADLINE) is False
+            late_by = time.monotonic() - released_at
+            assert late_by < 0.5, f"A returned {late_by:.3f}s after the release it waited for"
+        finally:
+            await second.release()
+            await asyncio.wait_for(b, DEADLINE)
+            for c in (client, first._client, second._client):
+                await c.aclose()
+
+    asyncio.run(main())

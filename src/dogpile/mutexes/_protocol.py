@@ -363,6 +363,21 @@ def _server_address(client: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# The commands the mutex sends, then those its scripts call (an ACL user
+# refused one of those is refused the script).
+_COMMANDS = (
+    "EVAL", "BLPOP", "XREAD", "EXISTS",
+    "SET", "GET", "PEXPIRE", "PTTL", "DEL", "RPUSH", "XADD", "XREVRANGE",
+)
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` matched literally by an ACL key pattern (a glob)."""
+    for special in (b"\\", b"*", b"?", b"[", b"]"):
+        raw = raw.replace(special, b"\\" + special)
+    return raw
+
+
 def _same_kind(exc: BaseException, message: str, fallback: Type[Exception]) -> BaseException:
     """``exc``'s own class with ``message``, so that the caller's ``except
     redis.ConnectionError`` (or ResponseError) still catches it."""
@@ -642,27 +657,41 @@ class _RedisKey:
         def show(key: Union[str, bytes]) -> str:
             return repr(key.decode(errors="backslashreplace") if isinstance(key, bytes) else key)
 
+        def pattern(raw: bytes, star: str) -> str:
+            # As typed in ACL SETUSER (a repr would double the escapes).
+            return "'~" + _glob_escape(raw).decode(errors="backslashreplace") + star + "'"
+
         name = self._name
+        head = (
+            f"{type(self).__name__} {name!r}: the Redis server at "
+            f"{_server_address(self._client)} refused {during} to the client's ACL "
+            f"user ({exc}); "
+        )
+        if "command" in str(exc):
+            # A command refused, not a key: the key patterns would not help.
+            return _same_kind(
+                exc,
+                head + "the mutex sends " + ", ".join(_COMMANDS[:4]) + " and, in its "
+                "scripts, " + ", ".join(_COMMANDS[4:]) + ": allow them, e.g. with "
+                + " ".join("+" + command.lower() for command in _COMMANDS),
+                PermissionError,
+            )
         raw = name.encode() if isinstance(name, str) else bytes(name)
         released = _released_key(name, "", self._cluster_keys)
         keys = [show(name), show(self._wake_list), show(self._wake_stream), show(released + b"*")]
         if self._wake_list.startswith(raw):
-            advice = f"e.g. with the ACL key pattern {show(b'~' + raw + b'*')}"
+            advice = f"e.g. with the ACL key pattern {pattern(raw, '*')}"
         else:
             # A cluster's {name}: prefix; a hash tag inside the name
             # ("app:{lock}") keeps the name a prefix of every key.
             prefix = self._wake_list[: self._wake_list.index(b"}") + 1]
-            patterns = f"{show(b'~' + raw)} and {show(b'~' + prefix + b'*')}"
+            patterns = f"{pattern(raw, '')} and {pattern(prefix, '*')}"
             advice = (
                 f"e.g. with the ACL key patterns {patterns}, "
                 "or give the name a hash tag (\"app:{lock}\" for \"app:lock\") so that "
                 "its prefix covers them all"
             )
-        message = (
-            f"{type(self).__name__} {name!r}: the Redis server at "
-            f"{_server_address(self._client)} refused {during} to the client's ACL "
-            f"user ({exc}); the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
-        )
+        message = head + f"the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
         return _same_kind(exc, message, PermissionError)
 
     def _unreachable(self, exc: BaseException, during: str) -> BaseException:

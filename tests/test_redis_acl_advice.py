@@ -53,7 +53,7 @@ def test_the_advised_pattern_covers_a_name_with_glob_characters(
                     await mutex.release()
                 return taken
             finally:
-                await client.aclose()
+                await (getattr(client, "aclose", None) or client.close)()
 
         return asyncio.run(asyncio.wait_for(main(), DEADLINE))
 

@@ -142,6 +142,6 @@ def test_async_a_waiter_whose_script_ran_before_a_release_is_not_held_by_a_newer
             await second.release()
             await asyncio.wait_for(b, DEADLINE)
             for c in (client, first._client, second._client):
-                await c.aclose()
+                await (getattr(c, "aclose", None) or c.close)()
 
     asyncio.run(main())

@@ -62,7 +62,7 @@ def child(url, key, impl, threads, start_at, q):
                     got.append((v, time.time()))
 
             await asyncio.wait_for(asyncio.gather(*[one() for _ in range(threads)]), 30)
-            await ac.aclose()
+            await (getattr(ac, "aclose", None) or ac.close)()
 
         asyncio.run(main())
     else:

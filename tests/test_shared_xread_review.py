@@ -18,13 +18,14 @@ import pytest
 import redis_server
 from conftest import DEADLINE
 from redis_server import unique_key
-from test_acquire_or_wait import blocked_xreads, counting, finish, poll, start, tag
+from test_acquire_or_wait import blocked_xreads, counting, finish, names, no_cap, poll, start, tag
 
 from dogpile.mutexes import RedisMutex
 from dogpile.mutexes._protocol import _stream_key, _wake_key
 
 redis_url = redis_server.redis_url
 redis_client = redis_server.redis_client
+no_cap = no_cap  # a fixture of test_acquire_or_wait's
 
 redis = pytest.importorskip("redis")
 
@@ -142,6 +143,83 @@ def test_async_a_waiter_whose_script_ran_before_a_release_is_not_held_by_a_newer
             await second.release()
             await asyncio.wait_for(b, DEADLINE)
             for c in (client, first._client, second._client):
+                await (getattr(c, "aclose", None) or c.close)()
+
+    asyncio.run(main())
+
+
+def ask_until(wait, seconds):
+    """A caller that asks again after each False, for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert wait(max(0.0, end - time.monotonic())) is False
+
+
+def test_a_waiter_that_finds_the_stream_expired_since_the_leaders_script_still_waits(
+    redis_url, redis_client, key, no_cap
+):
+    """The other way round: the leader read the last entry's id, then the
+    stream expired (a lease after the last release, while a slow creator
+    holds the key), and a waiter's script finds no stream ("0-0").  That
+    waiter must wait for the next release, not return at once for nothing
+    (its caller would ask again and again, one script each, until the
+    leader's XREAD ends)."""
+    releaser = RedisMutex(redis_client, key, lease=0.3, auto_renew=False)
+    holder = RedisMutex(redis.Redis.from_url(redis_url), key, lease=30)
+    assert releaser.acquire(blocking=False)
+    releaser.release()  # an entry, in a stream that expires in 0.3 s
+    assert holder.acquire(blocking=False)
+    client = counting(redis.Redis).from_url(redis_url, client_name=tag(key))
+    waiter = RedisMutex(client, key, lease=30)
+    leader = start(waiter.acquire_or_wait, DEADLINE)
+    poll(lambda: blocked_xreads(redis_client, key) == 1, "the leader's XREAD")
+    poll(lambda: not redis_client.exists(_stream_key(key)), "the stream's expiry")
+    sent = len(client.sent)
+    follower = start(ask_until, waiter.acquire_or_wait, 0.5)
+    try:
+        finish(follower)
+        # One wait (or two, at a cap), not one script per spin.
+        assert names(client)[sent:].count("EVAL") <= 2, names(client)[sent:]
+    finally:
+        holder.release()
+        finish(leader)
+        client.close()
+
+
+def test_async_a_waiter_that_finds_the_stream_expired_since_the_leaders_script_still_waits(
+    redis_url, redis_client, key, no_cap
+):
+    import asyncio
+
+    import redis.asyncio
+
+    from dogpile.mutexes import AsyncRedisMutex
+
+    async def main():
+        releaser = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=0.3,
+                                   auto_renew=False)
+        holder = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=30)
+        client = counting(redis.asyncio.Redis).from_url(redis_url, client_name=tag(key))
+        waiter = AsyncRedisMutex(client, key, lease=30)
+        assert await releaser.acquire(blocking=False)
+        await releaser.release()
+        assert await holder.acquire(blocking=False)
+        leader = asyncio.ensure_future(waiter.acquire_or_wait(DEADLINE))
+        deadline = time.monotonic() + DEADLINE
+        while blocked_xreads(redis_client, key) != 1 or redis_client.exists(_stream_key(key)):
+            assert time.monotonic() < deadline, "the leader's XREAD, the stream's expiry"
+            await asyncio.sleep(0.005)
+        sent = len(client.sent)
+        try:
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:  # a caller that asks again
+                left = max(0.0, end - time.monotonic())
+                assert await asyncio.wait_for(waiter.acquire_or_wait(left), DEADLINE) is False
+            assert names(client)[sent:].count("EVAL") <= 2, names(client)[sent:]
+        finally:
+            await holder.release()
+            await asyncio.wait_for(leader, DEADLINE)
+            for c in (client, releaser._client, holder._client):
                 await (getattr(c, "aclose", None) or c.close)()
 
     asyncio.run(main())

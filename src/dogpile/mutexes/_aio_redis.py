@@ -244,18 +244,18 @@ class AsyncRedisMutex(_RedisKey):
         if streams is not None:
             since = streams[self._wake_stream]
             shared = self._server_wait
-            if shared is not None:
-                if shared[1] != since:
-                    # A release landed between this one's script and the
-                    # leader's: this one's wake-up (see RedisMutex).
-                    return False
+            if shared is not None and shared[1] == since:
                 try:
                     await asyncio.wait_for(shared[0].wait(), block / 1000)
                 except asyncio.TimeoutError:
                     pass
                 return False
-            event = asyncio.Event()
-            self._server_wait = (event, since)
+            # Leading, or the stream changed between the leader's script and
+            # this one's: its own XREAD (see RedisMutex).
+            event = None
+            if shared is None:
+                event = asyncio.Event()
+                self._server_wait = (event, since)
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -265,9 +265,10 @@ class AsyncRedisMutex(_RedisKey):
             except Exception as exc:
                 self._stream_failed(exc)
             finally:
-                if self._server_wait is not None and self._server_wait[0] is event:
-                    self._server_wait = None
-                event.set()
+                if event is not None:
+                    if self._server_wait is not None and self._server_wait[0] is event:
+                        self._server_wait = None
+                    event.set()
         await asyncio.sleep(sleep)
         return False
 

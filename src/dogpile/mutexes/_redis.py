@@ -211,19 +211,19 @@ class RedisMutex(_MutexBase, _RedisKey):
             since = streams[self._wake_stream]
             with self._guard:
                 shared = self._server_wait
-                if shared is None:
+                lead = shared is None
+                if lead:
                     event = threading.Event()
                     self._server_wait = (event, since)
-            if shared is not None:
-                if shared[1] != since:
-                    # A release added an entry between this one's script
-                    # and the leader's: it is this one's wake-up, which the
-                    # leader's XREAD (from the newer id) would not see.
-                    return False
+            if shared is not None and shared[1] == since:
                 # Its XREAD started from the id this one's script saw, so
                 # any release since wakes it, and so this.
                 shared[0].wait(block / 1000)
                 return False
+            # Leading, or the stream changed between the leader's script and
+            # this one's (a release landed, or the stream expired): this one's
+            # own XREAD, from its own id, neither misses the release that
+            # the leader's would not see nor returns at once for nothing.
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -232,10 +232,11 @@ class RedisMutex(_MutexBase, _RedisKey):
             except Exception as exc:
                 self._stream_failed(exc)
             finally:
-                with self._guard:
-                    if self._server_wait is not None and self._server_wait[0] is event:
-                        self._server_wait = None
-                event.set()
+                if lead:
+                    with self._guard:
+                        if self._server_wait is not None and self._server_wait[0] is event:
+                            self._server_wait = None
+                    event.set()
         time.sleep(sleep)
         return False
 

@@ -77,3 +77,25 @@ def test_a_refused_command_is_named_as_a_command(redis_url, redis_client, prefix
     message = str(caught.value)
     assert "+eval" in message and "ACL key pattern" not in message, message
     assert not redis_client.exists(name)
+
+
+def test_a_command_refused_inside_the_release_script_is_named_and_nothing_is_held(
+    redis_url, redis_client, prefix
+):
+    """RPUSH (the wake-up) refused: acquire() takes the key (its script
+    runs SET first and returns), release() deletes it, then the script
+    fails at the wake-up.  The caller is told which commands to allow,
+    not left with the server's bare "can't run this command"."""
+    prefix, users = prefix
+    name = prefix + "lock"
+    user = make_user(redis_client, f"~{prefix}*")
+    users.append(user)
+    redis_client.execute_command("ACL", "SETUSER", user, "-rpush")
+    mutex = RedisMutex(as_user(redis_url, user), name, lease=10)
+    assert mutex.acquire(False)
+    with pytest.raises(redis.exceptions.ResponseError) as caught:
+        mutex.release()
+    message = str(caught.value)
+    assert "refused release()" in message and "+rpush" in message, message
+    assert not redis_client.exists(name)
+    assert not mutex.locked()

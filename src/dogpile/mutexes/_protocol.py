@@ -194,9 +194,16 @@ def _sibling_key(name: Union[str, bytes], suffix: bytes, cluster: bool) -> bytes
 
 
 def _no_permission(exc: BaseException) -> bool:
-    """Did the server refuse a command to the client's ACL user?  (redis-py
-    and valkey raise NoPermissionError for a NOPERM reply.)"""
+    """Did the server refuse a command to the client's ACL user, before it
+    ran?  (redis-py and valkey raise NoPermissionError for a NOPERM reply.)"""
     return type(exc).__name__ == "NoPermissionError" or str(exc).startswith("NOPERM")
+
+
+def _refused_in_script(exc: BaseException) -> bool:
+    """Did a script fail at a command it calls that the client's ACL user may
+    not run?  (A plain error, after the script's earlier commands ran: a
+    key it took is still taken back.)"""
+    return "can't run this command" in str(exc)
 
 
 _RENEW = """
@@ -649,7 +656,7 @@ class _RedisKey:
         refused the mutex's keys."""
         if isinstance(exc, self._errors):
             return self._unreachable(exc, during)
-        if _no_permission(exc):
+        if _no_permission(exc) or _refused_in_script(exc):
             return self._refused(exc, during)
         return None
 

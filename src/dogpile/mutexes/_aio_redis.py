@@ -33,7 +33,14 @@ from .._aio_locks import (
 )
 from .._errors import LockError
 from ._common import _BACKOFF_FIRST, _backoff_step, _deadline
-from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
+from ._protocol import (
+    _join_the_leader,
+    _key_free,
+    _RedisKey,
+    _renew_command,
+    _RenewalState,
+    _wake_wait,
+)
 
 __all__ = ["AsyncRedisMutex"]
 
@@ -244,14 +251,18 @@ class AsyncRedisMutex(_RedisKey):
         if streams is not None:
             since = streams[self._wake_stream]
             shared = self._server_wait
-            if shared is not None and shared[1] == since:
-                try:
-                    await asyncio.wait_for(shared[0].wait(), block / 1000)
-                except asyncio.TimeoutError:
-                    pass
-                return False
-            # Leading, or the stream changed between the leader's script and
-            # this one's: its own XREAD (see RedisMutex).
+            if shared is not None:
+                join = _join_the_leader(since, shared[1])
+                if join is False:
+                    return False
+                if join:
+                    try:
+                        await asyncio.wait_for(shared[0].wait(), block / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                    return False
+            # Leading, or not sure that the leader's XREAD wakes this one:
+            # its own XREAD (see RedisMutex).
             event = None
             if shared is None:
                 event = asyncio.Event()

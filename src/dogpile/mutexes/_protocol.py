@@ -303,6 +303,30 @@ def _wake_plan(
     return (bytes(last) if last else None), block, sleep
 
 
+def _join_the_leader(mine: bytes, leaders: bytes) -> Optional[bool]:
+    """May a waiter whose script read the stream id ``mine`` wait for the
+    XREAD that this process's leader sent from ``leaders``?  True: that
+    XREAD returns at the first release past ``mine`` too (the same id, or
+    ``mine`` newer: an entry past ``leaders`` is there).  False: return at
+    once, a release has added an entry since this waiter's script (its id
+    older: the stream only grows, by releases), and the leader's XREAD would
+    wait for the next one.  None: no stream at this waiter's script ("0-0")
+    but one at the leader's: the stream may have expired since the leader's
+    script, or a first release landed since this one's, which the ids
+    cannot tell apart: an XREAD of its own."""
+    if mine == leaders:
+        return True
+    if mine == b"0-0":
+        return None
+    try:
+        mine_ms, _, mine_seq = mine.partition(b"-")
+        ms, _, seq = leaders.partition(b"-")
+        newer = (int(mine_ms), int(mine_seq or 0)) > (int(ms), int(seq or 0))
+    except ValueError:  # pragma: no cover - not a stream id
+        return None
+    return True if newer else False
+
+
 def _unknown_command(exc: BaseException) -> bool:
     """Is ``exc`` the server's answer to a command it does not have (XREAD
     before Redis 5)?"""

@@ -10,7 +10,14 @@ import weakref
 from typing import Any, List, Optional, Tuple, Union
 
 from ._common import _BACKOFF_FIRST, _backoff, _deadline, _instances, _MutexBase, _remaining
-from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
+from ._protocol import (
+    _join_the_leader,
+    _key_free,
+    _RedisKey,
+    _renew_command,
+    _RenewalState,
+    _wake_wait,
+)
 
 
 class _Renewal(_RenewalState):
@@ -215,15 +222,15 @@ class RedisMutex(_MutexBase, _RedisKey):
                 if lead:
                     event = threading.Event()
                     self._server_wait = (event, since)
-            if shared is not None and shared[1] == since:
-                # Its XREAD started from the id this one's script saw, so
-                # any release since wakes it, and so this.
-                shared[0].wait(block / 1000)
-                return False
-            # Leading, or the stream changed between the leader's script and
-            # this one's (a release landed, or the stream expired): this one's
-            # own XREAD, from its own id, neither misses the release that
-            # the leader's would not see nor returns at once for nothing.
+            if shared is not None:
+                join = _join_the_leader(since, shared[1])
+                if join is False:
+                    return False
+                if join:
+                    shared[0].wait(block / 1000)
+                    return False
+            # Leading, or not sure that the leader's XREAD wakes this one:
+            # this one's own, from its own id.
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.

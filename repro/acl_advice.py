@@ -9,6 +9,7 @@
 
 usage: python repro/acl_advice.py REDIS_URL
 """
+
 import re
 import sys
 import uuid
@@ -69,7 +70,8 @@ assert m.acquire(blocking=False)
 other = RedisMutex(c, name, lease=30)
 print("3. acquire_or_wait held ->", other.acquire_or_wait(timeout=0.2))
 m.release()
-print("   acquire_or_wait free ->", other.acquire_or_wait(timeout=0.2)); other.release()
+print("   acquire_or_wait free ->", other.acquire_or_wait(timeout=0.2))
+other.release()
 c2 = redis.Redis.from_url(URL, username=u, password=PW, decode_responses=True)
 bad = RedisMutex(c2, b"other:" + name, lease=30)
 try:

@@ -8,6 +8,7 @@ wake-up missed until the 1 s safety net.
 
 usage: python repro/cold_key_threads.py URL {core,py,aio} [P] [T] [rounds]
 """
+
 import json
 import multiprocessing as mp
 import sys
@@ -32,6 +33,7 @@ def child(url, key, impl, threads, start_at, q):
 
     def vac():
         from dogpile import NeedRegenerationException
+
         raw = client.get(vk)
         if raw is None:
             raise NeedRegenerationException()
@@ -41,7 +43,9 @@ def child(url, key, impl, threads, start_at, q):
     got = []
     if impl == "aio":
         import asyncio
+
         import redis.asyncio as ra
+
         from dogpile.aio import AsyncDogpile
         from dogpile.mutexes import AsyncRedisMutex
 
@@ -67,7 +71,9 @@ def child(url, key, impl, threads, start_at, q):
         asyncio.run(main())
     else:
         import importlib
+
         from dogpile.mutexes import RedisMutex
+
         core = importlib.import_module("dogpile._core" if impl == "core" else "dogpile._core_py")
         d = core.Dogpile(60, lock=RedisMutex(client, key, lease=30))
 
@@ -110,10 +116,13 @@ def main():
         delays = sorted(t - stored for v, t in got)
         bad = sum(1 for v, t in got if v != "v")
         worst.append(delays[-1])
-        print(f"{impl} round {r}: creations={creations} callers={len(got)}/{P*T} wrong={bad} "
-              f"after-store p50={delays[len(delays)//2]*1000:.1f}ms max={delays[-1]*1000:.1f}ms "
-              f"held={c.exists(key)}")
-    print(f"{impl}: worst max {max(worst)*1000:.1f} ms")
+        print(
+            f"{impl} round {r}: creations={creations} callers={len(got)}/{P * T} wrong={bad} "
+            f"after-store p50={delays[len(delays) // 2] * 1000:.1f}ms "
+            f"max={delays[-1] * 1000:.1f}ms "
+            f"held={c.exists(key)}"
+        )
+    print(f"{impl}: worst max {max(worst) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ parent's Event, which no thread of the child will set).
 
 usage: python repro/fork_during_leader.py REDIS_URL
 """
+
 import os
 import sys
 import threading
@@ -40,5 +41,7 @@ released = time.time()
 out = os.read(r, 200).decode().split()
 os.waitpid(pid, 0)
 t.join(5)
-print(f"child returned {out[0]} {(float(out[1]) - released) * 1000:.1f} ms after the release "
-      f"(its wait {out[2]} s); key left: {probe.exists(name)}")
+print(
+    f"child returned {out[0]} {(float(out[1]) - released) * 1000:.1f} ms after the release "
+    f"(its wait {out[2]} s); key left: {probe.exists(name)}"
+)

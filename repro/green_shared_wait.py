@@ -6,6 +6,7 @@ must keep running meanwhile.
 
 usage: python repro/green_shared_wait.py URL {gevent,eventlet} {before,after}
 """
+
 import subprocess
 import sys
 import time
@@ -22,29 +23,43 @@ sys.stdin.readline()
 m.release()
 print(time.time(), flush=True)
 """
-h = subprocess.Popen([sys.executable, "-c", HOLDER, URL, name], stdin=subprocess.PIPE,
-                     stdout=subprocess.PIPE, text=True)
+h = subprocess.Popen(
+    [sys.executable, "-c", HOLDER, URL, name],
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+)
 assert h.stdout.readline().strip() == "held"
 
 if WHEN == "before":
     import redis
+
     from dogpile.mutexes import RedisMutex
+
     mutex = RedisMutex(redis.Redis.from_url(URL), name, lease=30)
 if LIB == "gevent":
     from gevent import monkey
+
     monkey.patch_all()
     import gevent
+
     spawn, sleep, joinall = gevent.spawn, gevent.sleep, lambda gs: gevent.joinall(gs, timeout=10)
 else:
     import eventlet
+
     eventlet.monkey_patch()
     spawn, sleep = eventlet.spawn, eventlet.sleep
+
     def joinall(gs):
         with eventlet.Timeout(10):
             for g in gs:
                 g.wait()
+
+
 import redis  # noqa: E402
+
 from dogpile.mutexes import RedisMutex  # noqa: E402
+
 if WHEN == "after":
     mutex = RedisMutex(redis.Redis.from_url(URL), name, lease=30)
 
@@ -65,10 +80,13 @@ def ticker():
 gs = [spawn(waiter) for _ in range(20)] + [spawn(ticker)]
 sleep(0.3)
 t0 = ticks[0]
-h.stdin.write("\n"); h.stdin.flush()
+h.stdin.write("\n")
+h.stdin.flush()
 released = float(h.stdout.readline())
 joinall(gs)
 late = sorted(t - released for r, t in out)
-print(f"{LIB} mutex {WHEN} patching: {len(out)}/20 returned {set(r for r, _ in out)}, "
-      f"max {late[-1]*1000:.1f} ms after the release; ticks while waiting {t0}; "
-      f"xreads {sum(1 for c in redis.Redis.from_url(URL).client_list() if c.get('cmd') == 'xread')}")
+print(
+    f"{LIB} mutex {WHEN} patching: {len(out)}/20 returned {set(r for r, _ in out)}, "
+    f"max {late[-1] * 1000:.1f} ms after the release; ticks while waiting {t0}; "
+    f"xreads {sum(1 for c in redis.Redis.from_url(URL).client_list() if c.get('cmd') == 'xread')}"
+)

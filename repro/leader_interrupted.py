@@ -6,6 +6,7 @@ after the release they return, and the commands they sent.
 
 usage: python repro/leader_interrupted.py URL
 """
+
 import asyncio
 import os
 import signal
@@ -23,7 +24,10 @@ admin = redis.Redis.from_url(URL)
 
 def xreading(n):
     deadline = time.monotonic() + 5
-    while sum(1 for c in admin.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", "")) < n:
+    while (
+        sum(1 for c in admin.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", ""))
+        < n
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.005)
 
@@ -73,8 +77,11 @@ def sync_case():
     killer.join(10)
     for t in ts:
         t.join(10)
-    print(f"sync, Ctrl-C in the leader: followers returned {sorted(round(x * 1000, 1) for x in returns)} ms "
-          f"after the release; key left {admin.exists(name)}; held by m: {m._token is not None}")
+    print(
+        f"sync, Ctrl-C in the leader: followers returned "
+        f"{sorted(round(x * 1000, 1) for x in returns)} ms "
+        f"after the release; key left {admin.exists(name)}; held by m: {m._token is not None}"
+    )
 
 
 async def async_case():
@@ -103,8 +110,11 @@ async def async_case():
     released[0] = time.time()
     await holder.release()
     await asyncio.wait_for(asyncio.gather(*fs), 10)
-    print(f"asyncio, leader cancelled: followers returned {sorted(round(x * 1000, 1) for x in returns)} ms "
-          f"after the release; key left {admin.exists(name)}")
+    print(
+        f"asyncio, leader cancelled: followers returned "
+        f"{sorted(round(x * 1000, 1) for x in returns)} ms "
+        f"after the release; key left {admin.exists(name)}"
+    )
 
 
 sync_case()

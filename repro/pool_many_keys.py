@@ -6,6 +6,7 @@ of key 0 woken?
 
 usage: python repro/pool_many_keys.py URL [keys]
 """
+
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ woken = {}
 
 def wait(i):
     m = RedisMutex(client, f"{base}:{i}", lease=30)
-    r = m.acquire_or_wait(timeout=5)
+    m.acquire_or_wait(timeout=5)
     woken[i] = time.monotonic()
 
 
@@ -40,14 +41,19 @@ ts = [threading.Thread(target=wait, args=(i,)) for i in range(K)]
 for t in ts:
     t.start()
 time.sleep(0.3)
-print("blocked xreads:", sum(1 for c in admin.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", "")))
+print(
+    "blocked xreads:",
+    sum(1 for c in admin.client_list() if c.get("cmd") == "xread" and "b" in c.get("flags", "")),
+)
 t0 = time.monotonic()
 client.set(base + ":value", "made")
 mine.release()
 t1 = time.monotonic()
 for t in ts:
     t.join(10)
-print(f"K={K}: the holder's SET+release took {(t1 - t0) * 1000:.0f} ms; "
-      f"key 0's waiter woken {(woken[0] - t0) * 1000:.0f} ms after")
+print(
+    f"K={K}: the holder's SET+release took {(t1 - t0) * 1000:.0f} ms; "
+    f"key 0's waiter woken {(woken[0] - t0) * 1000:.0f} ms after"
+)
 for h in holders[1:]:
     h.release()

@@ -6,6 +6,7 @@ after the release each waiter returned, and whether anything is left held.
 usage: python repro/rolling_deploy.py REDIS_URL OLD_PYTHONPATH
   (OLD_PYTHONPATH: a copy of the installed package with be9bd33's mutexes)
 """
+
 import os
 import subprocess
 import sys
@@ -51,11 +52,20 @@ def env(version):
 def run(holder_v, waiter_v, how):
     name = f"app:rolling:{time.time_ns()}"
     c = redis.Redis.from_url(URL)
-    h = subprocess.Popen([sys.executable, "-c", HOLDER, URL, name], env=env(holder_v),
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    h = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, URL, name],
+        env=env(holder_v),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert h.stdout.readline().strip() == "held"
-    w = subprocess.Popen([sys.executable, "-c", WAITER, URL, name, how], env=env(waiter_v),
-                         stdout=subprocess.PIPE, text=True)
+    w = subprocess.Popen(
+        [sys.executable, "-c", WAITER, URL, name, how],
+        env=env(waiter_v),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert w.stdout.readline().strip() == "ready"
     # the waiter blocked on the server (XREAD or BLPOP) before the release
     deadline = time.time() + 10
@@ -64,14 +74,21 @@ def run(holder_v, waiter_v, how):
             break
         time.sleep(0.01)
     time.sleep(0.05)
-    h.stdin.write("\n"); h.stdin.flush()
+    h.stdin.write("\n")
+    h.stdin.flush()
     released = float(h.stdout.readline())
     result, at = w.stdout.readline().split()
-    w.wait(10); h.wait(10)
-    left = [k.decode() for k in c.keys(name + "*")] + [k.decode() for k in c.keys("{" + name + "}*")]
+    w.wait(10)
+    h.wait(10)
+    left = [k.decode() for k in c.keys(name + "*")] + [
+        k.decode() for k in c.keys("{" + name + "}*")
+    ]
     held = c.exists(name)
-    print(f"holder {holder_v:3} waiter {waiter_v:3} {how:8}: returned {result:5} "
-          f"{(float(at) - released) * 1000:7.1f} ms after the release; lock key left: {held}; keys: {sorted(left)}")
+    print(
+        f"holder {holder_v:3} waiter {waiter_v:3} {how:8}: returned {result:5} "
+        f"{(float(at) - released) * 1000:7.1f} ms after the release; "
+        f"lock key left: {held}; keys: {sorted(left)}"
+    )
 
 
 for how in ("wait", "acquire"):

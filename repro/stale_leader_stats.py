@@ -7,6 +7,7 @@ than a few ms; a late one waited for the NEXT round or the 1 s safety net.
 
 usage: python repro/stale_leader_stats.py REDIS_URL [threads] [seconds] [hold]
 """
+
 import multiprocessing as mp
 import sys
 import threading
@@ -20,7 +21,7 @@ URL = sys.argv[1]
 THREADS = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 SECONDS = float(sys.argv[3]) if len(sys.argv) > 3 else 10
 HOLD = float(sys.argv[4]) if len(sys.argv) > 4 else 0.05
-NAME = "review:stale:%d" % time.time_ns()
+NAME = f"review:stale:{time.time_ns()}"
 
 
 def cycler(stop_at, q):
@@ -85,8 +86,14 @@ def main():
     over = [x for x in late if x > 0.1 * HOLD + 0.02]
     print(f"waits={len(waits)} woken-by-a-release={n} releases={len(releases)}")
     if n:
-        print(f"lateness p50={late[n//2]*1000:.1f}ms p99={late[int(n*.99)]*1000:.1f}ms max={late[-1]*1000:.1f}ms")
-    print(f"late by more than {(0.1*HOLD+0.02)*1000:.0f} ms: {len(over)}; worst: {[round(x,3) for x in over[-5:]]}")
+        print(
+            f"lateness p50={late[n // 2] * 1000:.1f}ms "
+            f"p99={late[int(n * 0.99)] * 1000:.1f}ms max={late[-1] * 1000:.1f}ms"
+        )
+    print(
+        f"late by more than {(0.1 * HOLD + 0.02) * 1000:.0f} ms: {len(over)}; "
+        f"worst: {[round(x, 3) for x in over[-5:]]}"
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import re
 
 import pytest
 import redis_server
+import test_redis_acl
 from conftest import DEADLINE
-from test_redis_acl import PASSWORD, as_user, make_user, prefix  # noqa: F401
+from test_redis_acl import PASSWORD, as_user, make_user
 
 from dogpile.mutexes import AsyncRedisMutex, RedisMutex
 
 redis_url = redis_server.redis_url
 redis_client = redis_server.redis_client
+prefix = test_redis_acl.prefix  # a fixture of test_redis_acl's, used here too
 
 redis = pytest.importorskip("redis")
 
@@ -61,7 +63,9 @@ def test_the_advised_pattern_covers_a_name_with_glob_characters(
         attempt()
     assert not redis_client.exists(name)
     # Granted as the message says, and nothing more.
-    redis_client.execute_command("ACL", "SETUSER", user, "resetkeys", advised_pattern(str(caught.value)))
+    redis_client.execute_command(
+        "ACL", "SETUSER", user, "resetkeys", advised_pattern(str(caught.value))
+    )
     assert attempt() is True
 
 

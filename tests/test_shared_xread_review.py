@@ -196,8 +196,9 @@ def test_async_a_waiter_that_finds_the_stream_expired_since_the_leaders_script_s
     from dogpile.mutexes import AsyncRedisMutex
 
     async def main():
-        releaser = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=0.3,
-                                   auto_renew=False)
+        releaser = AsyncRedisMutex(
+            redis.asyncio.Redis.from_url(redis_url), key, lease=0.3, auto_renew=False
+        )
         holder = AsyncRedisMutex(redis.asyncio.Redis.from_url(redis_url), key, lease=30)
         client = counting(redis.asyncio.Redis).from_url(redis_url, client_name=tag(key))
         waiter = AsyncRedisMutex(client, key, lease=30)

@@ -196,6 +196,8 @@ def redis_oldest(session: nox.Session) -> None:
         "tests/test_redis_acl.py",
         "tests/test_redis_pool.py",
         "tests/test_redis_sentinel.py",
+        "tests/test_redis_acl_advice.py",
+        "tests/test_shared_xread.py",
         *session.posargs,
         env={"DOGPILE_NO_EXTENSIONS": None},
     )

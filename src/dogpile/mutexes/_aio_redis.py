@@ -22,7 +22,7 @@ import secrets
 import time
 import weakref
 from functools import partial
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from .._aio_locks import (
     _CLEANUP_RERUNS,
@@ -33,7 +33,14 @@ from .._aio_locks import (
 )
 from .._errors import LockError
 from ._common import _BACKOFF_FIRST, _backoff_step, _deadline
-from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
+from ._protocol import (
+    _join_the_leader,
+    _key_free,
+    _RedisKey,
+    _renew_command,
+    _RenewalState,
+    _wake_wait,
+)
 
 __all__ = ["AsyncRedisMutex"]
 
@@ -138,8 +145,9 @@ class AsyncRedisMutex(_RedisKey):
         # The delete of a release() under way (see release()).
         self._releasing: Optional[asyncio.Future[Any]] = None
         # Set when the one XREAD that tasks of this loop share ends (see
-        # _wait_for_release); None while none is blocked.
-        self._server_wait: Optional[asyncio.Event] = None
+        # _wait_for_release), and the stream id its XREAD started from;
+        # None while none is blocked.
+        self._server_wait: Optional[Tuple[asyncio.Event, bytes]] = None
         self._renewal: List[Optional[_Renewal]] = [None]
         weakref.finalize(self, _stop_renewal_in, self._renewal)
 
@@ -241,14 +249,24 @@ class AsyncRedisMutex(_RedisKey):
             return False
         streams, block, sleep = plan
         if streams is not None:
+            since = streams[self._wake_stream]
             shared = self._server_wait
             if shared is not None:
-                try:
-                    await asyncio.wait_for(shared.wait(), block / 1000)
-                except asyncio.TimeoutError:
-                    pass
-                return False
-            self._server_wait = event = asyncio.Event()
+                join = _join_the_leader(since, shared[1])
+                if join is False:
+                    return False
+                if join:
+                    try:
+                        await asyncio.wait_for(shared[0].wait(), block / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                    return False
+            # Leading, or not sure that the leader's XREAD wakes this one:
+            # its own XREAD (see RedisMutex).
+            event = None
+            if shared is None:
+                event = asyncio.Event()
+                self._server_wait = (event, since)
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -258,9 +276,10 @@ class AsyncRedisMutex(_RedisKey):
             except Exception as exc:
                 self._stream_failed(exc)
             finally:
-                if self._server_wait is event:
-                    self._server_wait = None
-                event.set()
+                if event is not None:
+                    if self._server_wait is not None and self._server_wait[0] is event:
+                        self._server_wait = None
+                    event.set()
         await asyncio.sleep(sleep)
         return False
 

@@ -194,9 +194,16 @@ def _sibling_key(name: Union[str, bytes], suffix: bytes, cluster: bool) -> bytes
 
 
 def _no_permission(exc: BaseException) -> bool:
-    """Did the server refuse a command to the client's ACL user?  (redis-py
-    and valkey raise NoPermissionError for a NOPERM reply.)"""
+    """Did the server refuse a command to the client's ACL user, before it
+    ran?  (redis-py and valkey raise NoPermissionError for a NOPERM reply.)"""
     return type(exc).__name__ == "NoPermissionError" or str(exc).startswith("NOPERM")
+
+
+def _refused_in_script(exc: BaseException) -> bool:
+    """Did a script fail at a command it calls that the client's ACL user may
+    not run?  (A plain error, after the script's earlier commands ran: a
+    key it took is still taken back.)"""
+    return "can't run this command" in str(exc)
 
 
 _RENEW = """
@@ -296,6 +303,30 @@ def _wake_plan(
     return (bytes(last) if last else None), block, sleep
 
 
+def _join_the_leader(mine: bytes, leaders: bytes) -> Optional[bool]:
+    """May a waiter whose script read the stream id ``mine`` wait for the
+    XREAD that this process's leader sent from ``leaders``?  True: that
+    XREAD returns at the first release past ``mine`` too (the same id, or
+    ``mine`` newer: an entry past ``leaders`` is there).  False: return at
+    once, a release has added an entry since this waiter's script (its id
+    older: the stream only grows, by releases), and the leader's XREAD would
+    wait for the next one.  None: no stream at this waiter's script ("0-0")
+    but one at the leader's: the stream may have expired since the leader's
+    script, or a first release landed since this one's, which the ids
+    cannot tell apart: an XREAD of its own."""
+    if mine == leaders:
+        return True
+    if mine == b"0-0":
+        return None
+    try:
+        mine_ms, _, mine_seq = mine.partition(b"-")
+        ms, _, seq = leaders.partition(b"-")
+        newer = (int(mine_ms), int(mine_seq or 0)) > (int(ms), int(seq or 0))
+    except ValueError:  # pragma: no cover - not a stream id
+        return None
+    return True if newer else False
+
+
 def _unknown_command(exc: BaseException) -> bool:
     """Is ``exc`` the server's answer to a command it does not have (XREAD
     before Redis 5)?"""
@@ -361,6 +392,21 @@ def _server_address(client: Any) -> str:
         return f"the master of Sentinel service {service!r} (db {db})"
     text = repr(client)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# The commands the mutex sends, then those its scripts call (an ACL user
+# refused one of those is refused the script).
+_COMMANDS = (
+    "EVAL", "BLPOP", "XREAD", "EXISTS",
+    "SET", "GET", "PEXPIRE", "PTTL", "DEL", "RPUSH", "XADD", "XREVRANGE",
+)
+
+
+def _glob_escape(raw: bytes) -> bytes:
+    """``raw`` matched literally by an ACL key pattern (a glob)."""
+    for special in (b"\\", b"*", b"?", b"[", b"]"):
+        raw = raw.replace(special, b"\\" + special)
+    return raw
 
 
 def _same_kind(exc: BaseException, message: str, fallback: Type[Exception]) -> BaseException:
@@ -634,7 +680,7 @@ class _RedisKey:
         refused the mutex's keys."""
         if isinstance(exc, self._errors):
             return self._unreachable(exc, during)
-        if _no_permission(exc):
+        if _no_permission(exc) or _refused_in_script(exc):
             return self._refused(exc, during)
         return None
 
@@ -642,27 +688,41 @@ class _RedisKey:
         def show(key: Union[str, bytes]) -> str:
             return repr(key.decode(errors="backslashreplace") if isinstance(key, bytes) else key)
 
+        def pattern(raw: bytes, star: str) -> str:
+            # As typed in ACL SETUSER (a repr would double the escapes).
+            return "'~" + _glob_escape(raw).decode(errors="backslashreplace") + star + "'"
+
         name = self._name
+        head = (
+            f"{type(self).__name__} {name!r}: the Redis server at "
+            f"{_server_address(self._client)} refused {during} to the client's ACL "
+            f"user ({exc}); "
+        )
+        if "command" in str(exc):
+            # A command refused, not a key: the key patterns would not help.
+            return _same_kind(
+                exc,
+                head + "the mutex sends " + ", ".join(_COMMANDS[:4]) + " and, in its "
+                "scripts, " + ", ".join(_COMMANDS[4:]) + ": allow them, e.g. with "
+                + " ".join("+" + command.lower() for command in _COMMANDS),
+                PermissionError,
+            )
         raw = name.encode() if isinstance(name, str) else bytes(name)
         released = _released_key(name, "", self._cluster_keys)
         keys = [show(name), show(self._wake_list), show(self._wake_stream), show(released + b"*")]
         if self._wake_list.startswith(raw):
-            advice = f"e.g. with the ACL key pattern {show(b'~' + raw + b'*')}"
+            advice = f"e.g. with the ACL key pattern {pattern(raw, '*')}"
         else:
             # A cluster's {name}: prefix; a hash tag inside the name
             # ("app:{lock}") keeps the name a prefix of every key.
             prefix = self._wake_list[: self._wake_list.index(b"}") + 1]
-            patterns = f"{show(b'~' + raw)} and {show(b'~' + prefix + b'*')}"
+            patterns = f"{pattern(raw, '')} and {pattern(prefix, '*')}"
             advice = (
                 f"e.g. with the ACL key patterns {patterns}, "
                 "or give the name a hash tag (\"app:{lock}\" for \"app:lock\") so that "
                 "its prefix covers them all"
             )
-        message = (
-            f"{type(self).__name__} {name!r}: the Redis server at "
-            f"{_server_address(self._client)} refused {during} to the client's ACL "
-            f"user ({exc}); the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
-        )
+        message = head + f"the mutex uses the keys {', '.join(keys)}: allow them, {advice}"
         return _same_kind(exc, message, PermissionError)
 
     def _unreachable(self, exc: BaseException, during: str) -> BaseException:

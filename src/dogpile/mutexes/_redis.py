@@ -7,10 +7,17 @@ import secrets
 import threading
 import time
 import weakref
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
 from ._common import _BACKOFF_FIRST, _backoff, _deadline, _instances, _MutexBase, _remaining
-from ._protocol import _key_free, _RedisKey, _renew_command, _RenewalState, _wake_wait
+from ._protocol import (
+    _join_the_leader,
+    _key_free,
+    _RedisKey,
+    _renew_command,
+    _RenewalState,
+    _wake_wait,
+)
 
 
 class _Renewal(_RenewalState):
@@ -98,8 +105,9 @@ class RedisMutex(_MutexBase, _RedisKey):
         self._guard = threading.Lock()
         self._made_with = _thread.allocate_lock
         # Set when the one XREAD that threads of this process share ends
-        # (see _wait_for_release); None while none is blocked.
-        self._server_wait: Optional[threading.Event] = None
+        # (see _wait_for_release), and the stream id it started from; None
+        # while none is blocked.
+        self._server_wait: Optional[Tuple[threading.Event, bytes]] = None
         # The current acquisition's renewal, in a list so that the finalizer
         # can stop it without keeping the mutex alive.
         self._renewal: List[Optional[_Renewal]] = [None]
@@ -207,15 +215,22 @@ class RedisMutex(_MutexBase, _RedisKey):
             return False
         streams, block, sleep = plan
         if streams is not None:
+            since = streams[self._wake_stream]
             with self._guard:
                 shared = self._server_wait
-                if shared is None:
-                    self._server_wait = event = threading.Event()
+                lead = shared is None
+                if lead:
+                    event = threading.Event()
+                    self._server_wait = (event, since)
             if shared is not None:
-                # Its XREAD started from an id no newer than this one's
-                # script saw, so any release since wakes it, and so this.
-                shared.wait(block / 1000)
-                return False
+                join = _join_the_leader(since, shared[1])
+                if join is False:
+                    return False
+                if join:
+                    shared[0].wait(block / 1000)
+                    return False
+            # Leading, or not sure that the leader's XREAD wakes this one:
+            # this one's own, from its own id.
             try:
                 # Returns when a release adds to the stream (at once if one
                 # already has since the script), or after ``block`` ms.
@@ -224,10 +239,11 @@ class RedisMutex(_MutexBase, _RedisKey):
             except Exception as exc:
                 self._stream_failed(exc)
             finally:
-                with self._guard:
-                    if self._server_wait is event:
-                        self._server_wait = None
-                event.set()
+                if lead:
+                    with self._guard:
+                        if self._server_wait is not None and self._server_wait[0] is event:
+                            self._server_wait = None
+                    event.set()
         time.sleep(sleep)
         return False
 

@@ -153,3 +153,97 @@ def test_async_tasks_waiting_share_one_xread(redis_url, redis_client, key, no_ca
             await pool.disconnect()
 
     asyncio.run(main())
+
+
+KEYS = 4
+
+
+def test_waits_on_many_keys_leave_half_a_bounded_pool_to_commands(
+    redis_url, redis_client, no_cap
+):
+    """One waiter on each of 4 keys over a pool of 4: two block on the
+    server, the other two poll, so a command of the same pool (a creator's
+    write) finds a connection at once.  With every wait blocked, it would
+    queue for a connection until a wait ended (here, with the safety net at
+    DEADLINE, longer than the test waits for it)."""
+    keys = [unique_key("pool-many") for _ in range(KEYS)]
+    holder_client = redis.Redis.from_url(redis_url)
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=KEYS, timeout=DEADLINE, client_name=tag(keys[0])
+    )
+    client = counting(redis.Redis)(connection_pool=pool)
+    holders = [RedisMutex(holder_client, k, lease=30) for k in keys]
+    try:
+        for holder in holders:
+            assert holder.acquire(blocking=False)
+        outs = [start(RedisMutex(client, k, lease=30).acquire_or_wait) for k in keys]
+        poll(
+            lambda: len(client.__dict__.get("replies", ())) >= KEYS
+            and blocked_xreads(redis_client, keys[0]) >= KEYS // 2,
+            "every waiter's script, and half the pool blocked in XREAD",
+        )
+        write = start(client.set, keys[0] + ":value", "made")
+        assert write["done"].wait(DEADLINE / 2), "the write still queues for a connection"
+        assert finish(write) is True
+        assert blocked_xreads(redis_client, keys[0]) <= KEYS // 2
+        for holder in holders:
+            holder.release()
+        assert [finish(out) for out in outs] == [False] * KEYS
+    finally:
+        for holder in holders:
+            if holder.locked():
+                try:
+                    holder.release()
+                except Exception:
+                    pass
+        redis_client.delete(*keys, keys[0] + ":value")
+        for k in keys:
+            redis_client.delete(_stream_key(k), _wake_key(k))
+        client.close()
+        holder_client.close()
+
+
+def test_async_waits_on_many_keys_leave_half_a_bounded_pool_to_commands(
+    redis_url, redis_client, no_cap
+):
+    import redis.asyncio
+
+    keys = [unique_key("pool-many-async") for _ in range(KEYS)]
+
+    async def main():
+        holder_client = redis.asyncio.Redis.from_url(redis_url)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            redis_url, max_connections=KEYS, timeout=DEADLINE, client_name=tag(keys[0])
+        )
+        client = redis.asyncio.Redis(connection_pool=pool)
+        holders = [AsyncRedisMutex(holder_client, k, lease=30) for k in keys]
+        try:
+            for holder in holders:
+                assert await holder.acquire(blocking=False)
+            tasks = [
+                asyncio.ensure_future(AsyncRedisMutex(client, k, lease=30).acquire_or_wait())
+                for k in keys
+            ]
+            deadline = time.monotonic() + DEADLINE
+            while blocked_xreads(redis_client, keys[0]) < KEYS // 2:
+                assert time.monotonic() < deadline, "half the pool never blocked in XREAD"
+                await asyncio.sleep(0.005)
+            done, _ = await asyncio.wait(
+                [asyncio.ensure_future(client.set(keys[0] + ":value", "made"))],
+                timeout=DEADLINE / 2,
+            )
+            assert done, "the write still queues for a connection"
+            assert blocked_xreads(redis_client, keys[0]) <= KEYS // 2
+            for holder in holders:
+                await holder.release()
+            results = await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
+            assert results == [False] * KEYS
+        finally:
+            for c in (client, holder_client):
+                await (getattr(c, "aclose", None) or c.close)()
+            await pool.disconnect()
+            redis_client.delete(*keys, keys[0] + ":value")
+            for k in keys:
+                redis_client.delete(_stream_key(k), _wake_key(k))
+
+    asyncio.run(main())

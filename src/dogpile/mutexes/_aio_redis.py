@@ -268,10 +268,19 @@ class AsyncRedisMutex(_RedisKey):
                 event = asyncio.Event()
                 self._server_wait = (event, since)
             try:
-                # Returns when a release adds to the stream (at once if one
-                # already has since the script), or after ``block`` ms.
-                await self._client.xread(streams, count=1, block=block)
-                _raise_if_cancelled()
+                if self._may_block():
+                    try:
+                        # Returns when a release adds to the stream (at once
+                        # if one already has since the script), or after
+                        # ``block`` ms.
+                        await self._client.xread(streams, count=1, block=block)
+                        _raise_if_cancelled()
+                        return False
+                    finally:
+                        self._blocked_done()
+                # Half the pool's connections are blocked in waits already
+                # (see RedisMutex).
+                await asyncio.sleep(sleep)
                 return False
             except Exception as exc:
                 self._stream_failed(exc)
@@ -335,7 +344,7 @@ class AsyncRedisMutex(_RedisKey):
             wait = self._wait_after(taken, blocking, deadline)
             if wait is None:
                 return False
-            if self._wake:
+            if self._wake and self._may_block():
                 try:
                     # Returns when a release pushes, or after ``wait``.
                     await self._client.blpop([self._wake_list], timeout=wait)
@@ -343,6 +352,8 @@ class AsyncRedisMutex(_RedisKey):
                     continue
                 except Exception as exc:
                     self._wake_failed(exc)
+                finally:
+                    self._blocked_done()
             delay = await _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False

@@ -7,7 +7,9 @@ commands and wait.  redis-py is imported only when a mutex is made."""
 import inspect
 import math
 import random
+import threading
 import time
+import weakref
 from typing import Any, Dict, Optional, Tuple, Type, Union
 
 from .._errors import LockError
@@ -303,6 +305,13 @@ def _wake_plan(
     return (bytes(last) if last else None), block, sleep
 
 
+# The waits of this process blocked on the server now (BLPOP, XREAD), per
+# connection pool: each holds one of the pool's connections until it
+# returns.  See _RedisKey._may_block.
+_blocked: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_blocked_guard = threading.Lock()
+
+
 def _join_the_leader(mine: bytes, leaders: bytes) -> Optional[bool]:
     """May a waiter whose script read the stream id ``mine`` wait for the
     XREAD that this process's leader sent from ``leaders``?  True: that
@@ -449,6 +458,7 @@ class _RedisKey:
         "_wake_list",
         "_wake_stream",
         "_cluster_keys",
+        "_pool",
         "_streams",
         "_wake",
         "_wake_cap",
@@ -474,6 +484,12 @@ class _RedisKey:
         self._lease_ms = _lease_ms(lease)
         self._lease = float(lease)
         self._client = _mutex_client(client)
+        pool = getattr(self._client, "connection_pool", None)
+        limit = getattr(pool, "max_connections", None)
+        # A bounded pool (max_connections), or None: any number of waits
+        # may block (redis-py's default bound is 2**31; a cluster client has
+        # a pool per node, and no connection_pool).
+        self._pool = pool if isinstance(limit, int) and limit < 2**20 else None
         cluster = _cluster(client)
         self._cluster_keys = cluster
         self._wake_list = _wake_key(name, cluster)
@@ -582,6 +598,29 @@ class _RedisKey:
         if isinstance(reply, (list, tuple)):
             return int(reply[0]) == 1
         return bool(reply > 0)
+
+    def _may_block(self) -> bool:
+        """May a wait block on the server now?  A BLPOP or XREAD holds a
+        connection of the client's pool until it returns, and a creator
+        needs one to write its value and release.  So on a bounded pool the
+        waits of this process that block at once take at most half its
+        ``max_connections`` (none of a pool of one); the others poll, one
+        back-off step at a time.  True: call _blocked_done() after it."""
+        pool = self._pool
+        if pool is None:
+            return True
+        with _blocked_guard:
+            blocked = _blocked.get(pool, 0)
+            if blocked >= pool.max_connections // 2:
+                return False
+            _blocked[pool] = blocked + 1
+        return True
+
+    def _blocked_done(self) -> None:
+        pool = self._pool
+        if pool is not None:
+            with _blocked_guard:
+                _blocked[pool] = _blocked.get(pool, 1) - 1
 
     def _wake_plan(
         self, reply: Any, deadline: Optional[float]

@@ -232,9 +232,18 @@ class RedisMutex(_MutexBase, _RedisKey):
             # Leading, or not sure that the leader's XREAD wakes this one:
             # this one's own, from its own id.
             try:
-                # Returns when a release adds to the stream (at once if one
-                # already has since the script), or after ``block`` ms.
-                self._client.xread(streams, count=1, block=block)
+                if self._may_block():
+                    try:
+                        # Returns when a release adds to the stream (at once
+                        # if one already has since the script), or after
+                        # ``block`` ms.
+                        self._client.xread(streams, count=1, block=block)
+                        return False
+                    finally:
+                        self._blocked_done()
+                # Half the pool's connections are blocked in waits already:
+                # one back-off step, the followers waiting for it.
+                time.sleep(sleep)
                 return False
             except Exception as exc:
                 self._stream_failed(exc)
@@ -282,13 +291,15 @@ class RedisMutex(_MutexBase, _RedisKey):
             wait = self._wait_after(taken, blocking, deadline)
             if wait is None:
                 return False
-            if self._wake:
+            if self._wake and self._may_block():
                 try:
                     # Returns when a release pushes, or after ``wait``.
                     self._client.blpop([self._wake_list], timeout=wait)
                     continue
                 except Exception as exc:
                     self._wake_failed(exc)
+                finally:
+                    self._blocked_done()
             delay = _backoff(delay, deadline)  # type: ignore[arg-type]
             if delay is None:
                 return False

@@ -637,8 +637,11 @@ def command_counts(client):
 
 
 def blocked(client, command="blpop"):
-    """How many clients wait in ``command`` now (this server is the tests')."""
-    return sum(1 for c in client.client_list() if c.get("cmd") == command)
+    """How many clients wait in ``command`` now (this server is the tests'):
+    blocked in it (``b`` flag), not idle after it."""
+    return sum(
+        1 for c in client.client_list() if c.get("cmd") == command and "b" in c.get("flags", "")
+    )
 
 
 def poll_blocked(client, n, command="blpop"):
@@ -796,7 +799,7 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
     monkeypatch.setattr(_protocol, "_WAKE_CAP", 0.2)
     value_key = key + ":value"
     redis_client.set(key, "a foreign holder's token", px=30_000)
-    result, reads = [], []
+    result, reads, xreads = [], [], []
 
     def stored():
         reads.append(1)
@@ -805,8 +808,25 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
             raise NeedRegenerationException()
         return raw.decode(), time.time()
 
+    class ReleasedAfterTheTry(redis.Redis):
+        """The foreign holder stores the value and deletes the key (no
+        wake-up) right after the waiter's try saw it held, before its
+        XREAD: the order is forced.  (Done from the test thread once the
+        XREAD was seen, it had to land within the 0.2 s cap, and a loaded
+        machine could miss that: a second try, or the key taken.)"""
+
+        def execute_command(self, *args, **options):
+            reply = super().execute_command(*args, **options)
+            command = str(args[0]).upper()
+            if command == "EVAL" and not reads[1:]:
+                redis_client.set(value_key, "theirs")
+                redis_client.delete(key)  # released without a wake-up
+            elif command == "XREAD":
+                xreads.append(reply)
+            return reply
+
     def wait():
-        client = redis.Redis.from_url(redis_url)
+        client = ReleasedAfterTheTry.from_url(redis_url)
         try:
             d = impl.Dogpile(60, lock=RedisMutex(client, key, lease=30))
             result.append(d.get(lambda: pytest.fail("created"), value_and_created_fn=stored))
@@ -816,15 +836,14 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
     waiter = threading.Thread(target=wait, daemon=True)
     before = command_counts(redis_client)
     waiter.start()
-    poll_blocked(redis_client, 1, "xread")
-    redis_client.set(value_key, "theirs")
-    redis_client.delete(key)  # released without a wake-up
     waiter.join(DEADLINE)
     assert not waiter.is_alive()
     after = command_counts(redis_client)
     redis_client.delete(value_key)
     assert result == ["theirs"]
-    # One try, one XREAD that ran out at the cap, the read after it.
+    # One try, one XREAD that ran out at the cap (no entry: nobody woke
+    # it), the read after it.
+    assert len(xreads) == 1 and not xreads[0]
     assert after["xread"] - before["xread"] == 1
     assert after["eval"] - before["eval"] == 1
     assert len(reads) == 2

@@ -1652,6 +1652,37 @@ def test_async_redis_mutex_waits_for_another_holder_and_times_out(redis_url, red
     run_with_client(redis_url, body)
 
 
+def test_async_a_socket_timeout_too_short_to_block_on_the_server_polls_instead(
+    redis_url, redis_client, key
+):
+    """As RedisMutex's: a 0.2 s socket_timeout, which the server's late
+    reply to a 0.1 s BLPOP or XREAD (up to 0.1 s after it) overran, makes
+    the waiter poll instead of having its waits cut off."""
+    import redis.asyncio
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    async def main():
+        client = redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            redis_client.set(key, "another process", px=60000)
+            mutex = AsyncRedisMutex(client, key, lease=30)
+            for _ in range(2):
+                assert await mutex.acquire(timeout=0.3) is False
+                assert await mutex.acquire_or_wait(timeout=0.3) is False
+            waiter = asyncio.ensure_future(mutex.acquire(timeout=DEADLINE))
+            await asyncio.sleep(0)
+            redis_client.delete(key)
+            assert await asyncio.wait_for(waiter, DEADLINE)
+            await mutex.release()
+        finally:
+            await aclose(client)
+
+    run(main)
+
+
 def test_async_redis_mutex_cancelled_while_waiting_leaves_nothing_locked(
     redis_url, redis_client, key
 ):

@@ -210,10 +210,12 @@ def test_the_renewal_thread_keeps_the_key(cluster_client):
 
 def test_a_socket_timeout_shorter_than_the_wait_cap_does_not_cut_waits_off(cluster_nodes):
     """The cluster client's socket_timeout bounds each BLPOP and XREAD, as a
-    plain client's does: a waiter times out with False, not TimeoutError."""
+    plain client's does: a waiter times out with False, not TimeoutError.
+    (0.4 s: each blocks 0.1 s, and the server's reply may come 0.1 s after
+    that; under 0.22 s the waiter polls instead.)"""
     name = unique_key("socket-timeout")
     holder = RedisMutex(sync_client(cluster_nodes), name, lease=5)
-    waiter = RedisMutex(sync_client(cluster_nodes, socket_timeout=0.2), name, lease=5)
+    waiter = RedisMutex(sync_client(cluster_nodes, socket_timeout=0.4), name, lease=5)
     assert holder.acquire()
     try:
         assert waiter.acquire(timeout=0.5) is False
@@ -321,7 +323,7 @@ def test_async_acquire_release_lease_lost_and_renewal(cluster_nodes, name):
 
     async def main():
         client = async_client(cluster_nodes)
-        other = async_client(cluster_nodes, socket_timeout=0.2)
+        other = async_client(cluster_nodes, socket_timeout=0.4)
         try:
             # Renewed every lease / 3: long enough that a renewal late on a
             # loaded machine still lands in time.

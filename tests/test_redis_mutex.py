@@ -735,6 +735,39 @@ def test_a_lock_without_a_value_reads_it_after_the_release_without_taking_the_ke
     assert not redis_client.exists(key)
 
 
+def test_a_socket_timeout_too_short_to_block_on_the_server_polls_instead(
+    redis_url, redis_client, key
+):
+    """The server ends a blocked BLPOP or XREAD at its next tick after the
+    timeout (hz 10: up to 0.1 s late), so a waiter whose client has a 0.2 s
+    socket_timeout, which blocked 0.1 s at a time, had the reply cut off:
+    TimeoutError, "cannot reach the Redis server" (in most waits after the
+    first, once they fell in step with the ticks; redis-py 6+ resends by
+    default, and the wait overran its timeout instead).  Too short to block
+    in: the waiter polls, and its waits end as asked."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    holder = RedisMutex(redis_client, key, lease=30)
+    assert holder.acquire()
+    # No retries, as redis-py before 6 by default: a cut-off reply raises.
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    waiter = RedisMutex(client, key, lease=30)
+    try:
+        for _ in range(2):
+            assert waiter.acquire(timeout=0.3) is False
+            assert waiter.acquire_or_wait(timeout=0.3) is False
+        got = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=DEADLINE)))
+        thread.start()
+        holder.release()
+        thread.join(DEADLINE)
+        assert got == [True]
+        waiter.release()
+    finally:
+        client.close()
+
+
 def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
     """Nobody releases (the holder died): the waiter blocks until the
     lease ends, not polling meanwhile."""

@@ -317,7 +317,7 @@ def test_threads_of_one_process_never_overtake_each_other(redis_url, redis_clien
 
 
 def test_a_thread_taking_the_mutex_with_the_key_free_is_waited_for_in_process(
-    redis_url, redis_client, key
+    redis_url, redis_client, key, no_cap
 ):
     """Another thread holds the in-process lock (it is taking the key) and
     the key is free: one look, then a wait on the in-process lock, with no

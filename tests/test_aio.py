@@ -2392,13 +2392,20 @@ class Counted:
 
 @pytest.mark.parametrize("failures", [0, 1])
 def test_async_cold_key_waiters_read_once_over_a_real_server(
-    classes, redis_url, redis_client, key, failures
+    classes, redis_url, redis_client, key, failures, monkeypatch
 ):
     """AsyncDogpile over AsyncRedisMutex on a key with no value: tasks that
     each have their own client, mutex and AsyncDogpile (processes, as the
     server sees them) wait in XREAD while one creates, then read the value
     once without taking the key; a failed creation is retried once."""
     import redis.asyncio
+
+    from dogpile.mutexes import _protocol
+
+    # The 1 s safety net off (DEADLINE instead): a waiter lined up first
+    # must not return at its cap, and read and wait again, while a loaded
+    # machine lines up the others.
+    monkeypatch.setattr(_protocol, "_WAKE_CAP", DEADLINE)
 
     value_key = key + ":value"
     waiters = 5

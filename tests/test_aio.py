@@ -1738,9 +1738,12 @@ def test_async_redis_mutex_lease_lost_and_renewed(redis_url, redis_client, key):
             await lapsing.release()
         assert redis_client.get(key) == b"someone else", "another holder's lock left alone"
         redis_client.delete(key)
-        renewed = AsyncRedisMutex(client, key, lease=0.5)
+        # 1.5 s: a renewal (every 0.5 s) 1 s late on a loaded machine still
+        # lands in time (0.5 s leases lapsed under heavy load in 3 of 60
+        # runs of test_redis_cluster's asyncio renewal test).
+        renewed = AsyncRedisMutex(client, key, lease=1.5)
         await renewed.acquire()
-        await asyncio.sleep(1.2)  # more than two leases: only renewal keeps it
+        await asyncio.sleep(1.7)  # more than a lease: only renewal keeps it
         assert redis_client.exists(key) == 1
         await renewed.release()
         assert redis_client.exists(key) == 0
@@ -2121,8 +2124,9 @@ def test_a_child_forked_from_a_running_loop_starts_clean(impl, redis_url, redis_
 
 def test_async_redis_mutex_with_a_single_connection_client(redis_url, redis_client, key):
     """redis.asyncio's single-connection client: the caller's blocking
-    command holds its one connection for three leases; the renewal task
-    must not wait behind it (nor share it) and let the lease run out."""
+    command holds its one connection for a lease and a half; the renewal
+    task must not wait behind it (nor share it) and let the lease run
+    out."""
     import redis.asyncio
 
     side = key + ":side"
@@ -2131,10 +2135,10 @@ def test_async_redis_mutex_with_a_single_connection_client(redis_url, redis_clie
         pool = redis.asyncio.ConnectionPool.from_url(redis_url, socket_timeout=DEADLINE)
         client = redis.asyncio.Redis(connection_pool=pool, single_connection_client=True)
         try:
-            mutex = AsyncRedisMutex(client, key, lease=0.3)
+            mutex = AsyncRedisMutex(client, key, lease=1.0)  # renewed every 1/3 s
             assert await mutex.acquire()
             token = redis_client.get(key)
-            assert await client.blpop([side], timeout=1) is None
+            assert await client.blpop([side], timeout=1.5) is None
             assert redis_client.get(key) == token, "the lease ran out behind the caller"
             for i in range(200):
                 await client.set(side, i)

@@ -28,12 +28,28 @@ START_DEADLINE = 20.0
 _cluster = {}
 
 
+def _ephemeral_ports():
+    """The range the kernel picks outgoing connections' local ports from."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default (macOS's starts higher)
+    return low, high
+
+
 def _node_port():
     """A port P on 127.0.0.1 where nothing listens, nor on P + 10000: a
     cluster node also listens on its port + 10000 (the cluster bus), so P
-    must be at most 55535."""
+    must be at most 55535.  Both outside the ephemeral range where one can:
+    a free port there may be taken by any outgoing connection (the suite's
+    own clients, another process's) between this check and the node's
+    bind, and the node then exits (EADDRINUSE)."""
+    first, last = 10000, min(55535, _ephemeral_ports()[0] - 10000 - 1)
+    if last - first < 1000:
+        first, last = 20000, 55535  # no room below the range: any free pair
     for _ in range(200):
-        port = random.randrange(20000, 55536)
+        port = random.randint(first, last)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))

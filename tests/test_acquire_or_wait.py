@@ -317,7 +317,7 @@ def test_threads_of_one_process_never_overtake_each_other(redis_url, redis_clien
 
 
 def test_a_thread_taking_the_mutex_with_the_key_free_is_waited_for_in_process(
-    redis_url, redis_client, key
+    redis_url, redis_client, key, no_cap
 ):
     """Another thread holds the in-process lock (it is taking the key) and
     the key is free: one look, then a wait on the in-process lock, with no
@@ -470,7 +470,14 @@ def test_async_one_release_wakes_every_waiting_task(redis_url, redis_client, key
     async def body(make):
         clients = [make() for _ in range(7)]
         mutexes = [AsyncRedisMutex(c, key, lease=30, auto_renew=False) for c in clients]
-        assert await mutexes[6].acquire_or_wait(timeout=0.05) is False
+        # Connected first, and 0.3 s: the try must come back before the
+        # deadline for the XREAD to be sent at all (with 0.05 s, which
+        # also paid for the connection, it did not in 4 of 150 runs under
+        # 4 busy loops).
+        await clients[6].ping()
+        clients[6].sent.clear()
+        clients[6].replies.clear()
+        assert await mutexes[6].acquire_or_wait(timeout=0.3) is False
         assert names(clients[6]) == ["EVAL", "XREAD"] and not clients[6].replies[1]
         tasks = [asyncio.ensure_future(m.acquire_or_wait()) for m in mutexes[:6]]
         await wait_until_async(

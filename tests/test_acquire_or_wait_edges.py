@@ -136,6 +136,17 @@ def test_async_a_waiter_does_not_spin_while_a_task_of_its_process_holds_a_lapsed
     assert spun <= 5, f"the waiter read the value {spun} times"
 
 
+def _poll_blocked_xread(client, client_name):
+    """Until the client named ``client_name`` is blocked in XREAD."""
+    deadline = time.monotonic() + DEADLINE
+    while not any(
+        c.get("name") == client_name and c.get("cmd") == "xread" and "b" in c.get("flags", "")
+        for c in client.client_list()
+    ):
+        assert time.monotonic() < deadline, f"{client_name} never blocked in XREAD"
+        time.sleep(0.005)
+
+
 class _CountingRedis(redis.Redis):
     def execute_command(self, *args, **options):
         self.__dict__.setdefault("sent", []).append(str(args[0]).upper())
@@ -152,15 +163,26 @@ def test_a_reply_that_cannot_be_decoded_does_not_turn_the_wake_up_stream_off(
     good: from then on every wait is a 50-100 ms sleep that returns False
     with the lock still held, and a Dogpile polls."""
     name = b"\xff\xfe" + unique_key("review").encode()
+    client_name = "undecodable-" + name.rsplit(b":", 1)[-1].decode()
     try:
         holder = RedisMutex(redis_client, name)
-        client = _CountingRedis.from_url(redis_url, decode_responses=True)
+        client = _CountingRedis.from_url(
+            redis_url, decode_responses=True, client_name=client_name
+        )
         waiter = RedisMutex(client, name, lease=30)
         assert holder.acquire()
-        released = threading.Timer(0.1, holder.release)
+
+        def release_once_the_waiter_blocks():
+            # Not after a fixed delay: on a loaded machine the waiter's try
+            # came after a 0.1 s timer's release, and took the lock.
+            _poll_blocked_xread(redis_client, client_name)
+            holder.release()
+
+        released = threading.Thread(target=release_once_the_waiter_blocks, daemon=True)
         released.start()
         assert waiter.acquire_or_wait(DEADLINE) is False  # woken by the release
         released.join(DEADLINE)
+        assert not released.is_alive()
         assert holder.acquire()
         client.sent = []
         waiter.acquire_or_wait(0.3)  # the lock stays held: a wait, not a sleep

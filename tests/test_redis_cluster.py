@@ -200,11 +200,12 @@ def test_lease_lost_leaves_the_new_holders_key(cluster_nodes, cluster_client):
 
 def test_the_renewal_thread_keeps_the_key(cluster_client):
     name = unique_key("renew")
-    # A lease long enough that a renewal late on a loaded machine still
-    # lands in time (renewed every lease / 3), as test_redis_mutex's are.
-    mutex = RedisMutex(cluster_client, name, lease=0.5)
+    # A lease long enough that a renewal 1 s late on a loaded machine
+    # still lands in time (renewed every lease / 3; 0.5 s leases lapsed
+    # under heavy load in 3 of 60 runs of the asyncio test below).
+    mutex = RedisMutex(cluster_client, name, lease=1.5)
     assert mutex.acquire()
-    time.sleep(1.2)  # more than two leases: renewed by the thread, or gone
+    time.sleep(1.7)  # more than a lease: renewed by the thread, or gone
     assert cluster_client.pttl(name) > 0
     mutex.release()
     assert not cluster_client.exists(name)
@@ -212,10 +213,12 @@ def test_the_renewal_thread_keeps_the_key(cluster_client):
 
 def test_a_socket_timeout_shorter_than_the_wait_cap_does_not_cut_waits_off(cluster_nodes):
     """The cluster client's socket_timeout bounds each BLPOP and XREAD, as a
-    plain client's does: a waiter times out with False, not TimeoutError."""
+    plain client's does: a waiter times out with False, not TimeoutError.
+    (0.4 s: each blocks 0.1 s, and the server's reply may come 0.1 s after
+    that; under 0.22 s the waiter polls instead.)"""
     name = unique_key("socket-timeout")
     holder = RedisMutex(sync_client(cluster_nodes), name, lease=5)
-    waiter = RedisMutex(sync_client(cluster_nodes, socket_timeout=0.2), name, lease=5)
+    waiter = RedisMutex(sync_client(cluster_nodes, socket_timeout=0.4), name, lease=5)
     assert holder.acquire()
     try:
         assert waiter.acquire(timeout=0.5) is False
@@ -323,19 +326,22 @@ def test_async_acquire_release_lease_lost_and_renewal(cluster_nodes, name):
 
     async def main():
         client = async_client(cluster_nodes)
-        other = async_client(cluster_nodes, socket_timeout=0.2)
+        other = async_client(cluster_nodes, socket_timeout=0.4)
         try:
-            # Renewed every lease / 3: long enough that a renewal late on a
-            # loaded machine still lands in time.
-            mutex = AsyncRedisMutex(client, name, lease=0.5)
+            # Renewed every lease / 3: long enough that a renewal 1 s late
+            # on a loaded machine still lands in time (0.5 s leases lapsed
+            # under heavy load in 3 of 60 runs, before the first check).
+            mutex = AsyncRedisMutex(client, name, lease=1.5)
             waiter = AsyncRedisMutex(other, name, lease=5)
             assert f"127.0.0.1:{cluster_nodes[0]}" in repr(waiter)
             assert await mutex.acquire()
+            acquired = time.monotonic()
             assert await waiter.locked()
             # The socket timeout bounds the BLPOP and the XREAD.
             assert await waiter.acquire(timeout=0.5) is False
             assert await waiter.acquire_or_wait(timeout=0.5) is False
-            assert await client.pttl(name) > 0  # renewed past two leases
+            await asyncio.sleep(acquired + 1.7 - time.monotonic())
+            assert await client.pttl(name) > 0  # renewed past a lease
             await mutex.release()
             assert not await waiter.locked()
 

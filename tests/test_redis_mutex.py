@@ -3,9 +3,12 @@ lease and its renewal, a lost or stolen lock, the renewer thread's life,
 bad input and an unreachable server, and the redis client as an optional
 import.  What it shares with FileMutex is in test_mutexes.py.
 
-Leases are short (0.3 to 0.5 s) so that what happens when one runs out is
+Leases that must run out are short (0.3 s) so that what happens then is
 seen in well under a second; waits for the server's clock poll with a
-deadline instead of sleeping.
+deadline instead of sleeping.  Leases that must be renewed are 1 s: a
+renewal more than 2/3 s late (a loaded machine starving the renewer) lets
+the key lapse, where 0.3 s leases lapsed about once in 40 runs under
+heavy load.
 """
 
 import asyncio
@@ -113,15 +116,16 @@ def test_a_waiter_backs_off_instead_of_spinning(redis_client, key):
 
 
 def test_auto_renew_keeps_the_lock_for_a_creator_slower_than_the_lease(impl, redis_client, key):
-    """A creator that runs for 3 leases keeps the lock: another holder
-    cannot take it at any point, and the release finds it still its own."""
-    lease = 0.3
+    """A creator that runs for a lease and a half keeps the lock: another
+    holder cannot take it at any point, and the release finds it still its
+    own."""
+    lease = 1.0
     mutex = RedisMutex(redis_client, key, lease=lease)
     rival = RedisMutex(redis_client, key, lease=lease)
     tries = []
 
     def slow_creator():
-        end = time.monotonic() + 3 * lease
+        end = time.monotonic() + 1.5 * lease
         while time.monotonic() < end:
             tries.append(rival.acquire(False))
             assert redis_client.pttl(key) > 0
@@ -549,11 +553,11 @@ def test_a_single_connection_client_keeps_its_connection_to_itself(redis_url, re
     client = redis.Redis(connection_pool=pool, single_connection_client=True)
     side = key + ":side"
     try:
-        mutex = RedisMutex(client, key, lease=0.3)  # renewed every 0.1 s
+        mutex = RedisMutex(client, key, lease=1.0)  # renewed every 1/3 s
         assert mutex.acquire()
         token = redis_client.get(key)
-        # The caller holds its connection for three leases.
-        assert client.blpop([side], timeout=1) is None
+        # The caller holds its connection for a lease and a half.
+        assert client.blpop([side], timeout=1.5) is None
         assert redis_client.get(key) == token, "the lease ran out: the renewer was kept waiting"
         wrong = []
         end = time.monotonic() + 0.5
@@ -637,8 +641,11 @@ def command_counts(client):
 
 
 def blocked(client, command="blpop"):
-    """How many clients wait in ``command`` now (this server is the tests')."""
-    return sum(1 for c in client.client_list() if c.get("cmd") == command)
+    """How many clients wait in ``command`` now (this server is the tests'):
+    blocked in it (``b`` flag), not idle after it."""
+    return sum(
+        1 for c in client.client_list() if c.get("cmd") == command and "b" in c.get("flags", "")
+    )
 
 
 def poll_blocked(client, n, command="blpop"):
@@ -732,6 +739,39 @@ def test_a_lock_without_a_value_reads_it_after_the_release_without_taking_the_ke
     assert not redis_client.exists(key)
 
 
+def test_a_socket_timeout_too_short_to_block_on_the_server_polls_instead(
+    redis_url, redis_client, key
+):
+    """The server ends a blocked BLPOP or XREAD at its next tick after the
+    timeout (hz 10: up to 0.1 s late), so a waiter whose client has a 0.2 s
+    socket_timeout, which blocked 0.1 s at a time, had the reply cut off:
+    TimeoutError, "cannot reach the Redis server" (in most waits after the
+    first, once they fell in step with the ticks; redis-py 6+ resends by
+    default, and the wait overran its timeout instead).  Too short to block
+    in: the waiter polls, and its waits end as asked."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    holder = RedisMutex(redis_client, key, lease=30)
+    assert holder.acquire()
+    # No retries, as redis-py before 6 by default: a cut-off reply raises.
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    waiter = RedisMutex(client, key, lease=30)
+    try:
+        for _ in range(2):
+            assert waiter.acquire(timeout=0.3) is False
+            assert waiter.acquire_or_wait(timeout=0.3) is False
+        got = []
+        thread = threading.Thread(target=lambda: got.append(waiter.acquire(timeout=DEADLINE)))
+        thread.start()
+        holder.release()
+        thread.join(DEADLINE)
+        assert got == [True]
+        waiter.release()
+    finally:
+        client.close()
+
+
 def test_a_waiter_is_woken_when_a_dead_holders_lease_ends(redis_client, key):
     """Nobody releases (the holder died): the waiter blocks until the
     lease ends, not polling meanwhile."""
@@ -796,7 +836,7 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
     monkeypatch.setattr(_protocol, "_WAKE_CAP", 0.2)
     value_key = key + ":value"
     redis_client.set(key, "a foreign holder's token", px=30_000)
-    result, reads = [], []
+    result, reads, xreads = [], [], []
 
     def stored():
         reads.append(1)
@@ -805,8 +845,25 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
             raise NeedRegenerationException()
         return raw.decode(), time.time()
 
+    class ReleasedAfterTheTry(redis.Redis):
+        """The foreign holder stores the value and deletes the key (no
+        wake-up) right after the waiter's try saw it held, before its
+        XREAD: the order is forced.  (Done from the test thread once the
+        XREAD was seen, it had to land within the 0.2 s cap, and a loaded
+        machine could miss that: a second try, or the key taken.)"""
+
+        def execute_command(self, *args, **options):
+            reply = super().execute_command(*args, **options)
+            command = str(args[0]).upper()
+            if command == "EVAL" and not reads[1:]:
+                redis_client.set(value_key, "theirs")
+                redis_client.delete(key)  # released without a wake-up
+            elif command == "XREAD":
+                xreads.append(reply)
+            return reply
+
     def wait():
-        client = redis.Redis.from_url(redis_url)
+        client = ReleasedAfterTheTry.from_url(redis_url)
         try:
             d = impl.Dogpile(60, lock=RedisMutex(client, key, lease=30))
             result.append(d.get(lambda: pytest.fail("created"), value_and_created_fn=stored))
@@ -816,15 +873,14 @@ def test_a_release_that_wakes_nobody_is_caught_by_the_safety_net(
     waiter = threading.Thread(target=wait, daemon=True)
     before = command_counts(redis_client)
     waiter.start()
-    poll_blocked(redis_client, 1, "xread")
-    redis_client.set(value_key, "theirs")
-    redis_client.delete(key)  # released without a wake-up
     waiter.join(DEADLINE)
     assert not waiter.is_alive()
     after = command_counts(redis_client)
     redis_client.delete(value_key)
     assert result == ["theirs"]
-    # One try, one XREAD that ran out at the cap, the read after it.
+    # One try, one XREAD that ran out at the cap (no entry: nobody woke
+    # it), the read after it.
+    assert len(xreads) == 1 and not xreads[0]
     assert after["xread"] - before["xread"] == 1
     assert after["eval"] - before["eval"] == 1
     assert len(reads) == 2

@@ -255,12 +255,25 @@ def _cluster(client: Any) -> bool:
     ) is not None
 
 
+# A server ends a blocked BLPOP or XREAD whose timeout has passed at its
+# next tick, hz times a second (10 by default): up to 0.1 s late.  (Seen on
+# Redis 7.0: a 0.1 s BLPOP answered after 0.2008 s.)
+_SERVER_LATE = 0.1
+
+# A cap shorter than this leaves no wait worth blocking on the server for.
+_SHORTEST_BLOCK = 0.01
+
+
 def _wake_cap(client: Any) -> float:
-    """The longest a waiter blocks in one BLPOP or XREAD: _WAKE_CAP, and less than
-    the client's socket timeout, which would otherwise cut the wait off."""
+    """The longest a waiter blocks in one BLPOP or XREAD: _WAKE_CAP, and short
+    enough that the reply, which the server may send _SERVER_LATE after the
+    wait's end, still comes within half the client's socket timeout, which
+    would otherwise cut the wait off (a TimeoutError, or a resend that
+    overruns the caller's timeout).  Under _SHORTEST_BLOCK when the socket
+    timeout is too short to block at all (under 0.22 s)."""
     timeout = _connection_kwargs(client).get("socket_timeout")
     if isinstance(timeout, (int, float)) and timeout > 0:
-        return min(_WAKE_CAP, timeout / 2)
+        return min(_WAKE_CAP, timeout / 2 - _SERVER_LATE)
     return _WAKE_CAP
 
 
@@ -505,6 +518,12 @@ class _RedisKey:
         self._wake_stream = _stream_key(name, cluster)
         self._streams = True  # False once the server refused an XREAD (Redis < 5)
         self._wake_cap = _wake_cap(self._client)
+        if self._wake_cap < _SHORTEST_BLOCK:
+            # A socket timeout too short to block on the server: wait as
+            # without BLPOP and XREAD, by polling and sleeping, each step
+            # at most a back-off step.
+            self._wake = self._streams = False
+            self._wake_cap = _BACKOFF_CAP
         self._name = name
         self._auto_renew = bool(auto_renew)
         self._token: Optional[str] = None

@@ -1785,7 +1785,14 @@ def test_async_redis_mutex_unreachable_server_is_named(key):
     port = redis_server.free_port()
 
     async def main():
-        client = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries: redis-py 6+ retries a refused connection three times
+        # with a back-off, seconds that prove nothing here.
+        client = redis.asyncio.Redis(
+            host="127.0.0.1", port=port, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0)
+        )
         try:
             mutex = AsyncRedisMutex(client, key)
             with pytest.raises(redis.ConnectionError, match=f"127.0.0.1:{port}"):

@@ -205,7 +205,9 @@ def _refused_in_script(exc: BaseException) -> bool:
     """Did a script fail at a command it calls that the client's ACL user may
     not run?  (A plain error, after the script's earlier commands ran: a
     key it took is still taken back.)"""
-    return "can't run this command" in str(exc)
+    text = str(exc)
+    # Redis 7.0's words, then 7.2's and 8's.
+    return "can't run this command" in text or "ACL failure in script" in text
 
 
 _RENEW = """

@@ -23,6 +23,7 @@ import weakref
 import pytest
 import redis_server
 from conftest import DEADLINE
+from redis_server import aclose
 
 import dogpile
 from dogpile import LockError, LockTimeout, NeedRegenerationException, _aio_locks, aio
@@ -1588,15 +1589,6 @@ def key(redis_client):
     name = redis_server.unique_key("aio")
     yield name
     redis_server.delete_keys(redis_client, name)
-
-
-async def aclose(client):
-    """Close a redis.asyncio client (``aclose`` from redis-py 5.0.1) and its
-    pool's connections (which ``close()`` before 4.5 left open, to be
-    collected after their loop had closed)."""
-    close = getattr(client, "aclose", None) or client.close
-    await close()
-    await client.connection_pool.disconnect()
 
 
 def run_with_client(url, body, *args):

@@ -22,7 +22,7 @@ import pytest
 import redis_cluster
 import redis_server
 from conftest import DEADLINE
-from redis_server import unique_key
+from redis_server import aclose, unique_key
 
 from dogpile import NeedRegenerationException
 from dogpile.mutexes import AsyncRedisMutex, RedisMutex
@@ -197,9 +197,7 @@ def test_async_a_user_allowed_the_prefix_works_and_one_refused_is_told(
             await asyncio.wait_for(body(), DEADLINE)
         finally:
             for client in clients:
-                close = getattr(client, "aclose", None) or client.close
-                await close()
-                await client.connection_pool.disconnect()
+                await aclose(client)
 
     async def body():
         holder = AsyncRedisMutex(as_async_user(allowed), name, lease=10)

@@ -13,6 +13,7 @@ import pytest
 import redis_server
 import test_redis_acl
 from conftest import DEADLINE
+from redis_server import aclose
 from test_redis_acl import PASSWORD, as_user, make_user
 
 from dogpile.mutexes import AsyncRedisMutex, RedisMutex
@@ -55,7 +56,7 @@ def test_the_advised_pattern_covers_a_name_with_glob_characters(
                     await mutex.release()
                 return taken
             finally:
-                await (getattr(client, "aclose", None) or client.close)()
+                await aclose(client)
 
         return asyncio.run(asyncio.wait_for(main(), DEADLINE))
 

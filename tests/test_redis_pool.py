@@ -21,7 +21,7 @@ import time
 import pytest
 import redis_server
 from conftest import DEADLINE
-from redis_server import unique_key
+from redis_server import aclose, unique_key
 from test_acquire_or_wait import blocked_xreads, counting, finish, names, no_cap, poll, start, tag
 
 from dogpile import NeedRegenerationException
@@ -148,9 +148,7 @@ def test_async_tasks_waiting_share_one_xread(redis_url, redis_client, key, no_ca
             assert results == [False] * WAITERS
             assert names(client).count("XREAD") == 1
         finally:
-            close = getattr(client, "aclose", None) or client.close
-            await close()
-            await pool.disconnect()
+            await aclose(client)
 
     asyncio.run(main())
 
@@ -240,8 +238,7 @@ def test_async_waits_on_many_keys_leave_half_a_bounded_pool_to_commands(
             assert results == [False] * KEYS
         finally:
             for c in (client, holder_client):
-                await (getattr(c, "aclose", None) or c.close)()
-            await pool.disconnect()
+                await aclose(c)
             redis_client.delete(*keys, keys[0] + ":value")
             for k in keys:
                 redis_client.delete(_stream_key(k), _wake_key(k))

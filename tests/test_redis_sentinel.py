@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 import redis_server
 from conftest import DEADLINE
-from redis_server import free_port, log_tail, stopper, unique_key
+from redis_server import aclose, free_port, log_tail, stopper, unique_key
 
 from dogpile.mutexes import AsyncRedisMutex, RedisMutex
 
@@ -150,11 +150,7 @@ def test_async_a_mutex_over_a_sentinels_master(sentinel, redis_client):
             await holder.release()
             assert await asyncio.wait_for(wait, DEADLINE) is False
         finally:
-            for client in clients:
-                close = getattr(client, "aclose", None) or client.close
-                await close()
-            for s in sentinels.sentinels:
-                close = getattr(s, "aclose", None) or s.close
-                await close()
+            for client in [*clients, *sentinels.sentinels]:
+                await aclose(client)
 
     asyncio.run(main())

@@ -19,7 +19,7 @@ import time
 import pytest
 import redis_server
 from conftest import DEADLINE
-from redis_server import unique_key
+from redis_server import aclose, unique_key
 from test_acquire_or_wait import blocked_xreads, counting, finish, names, no_cap, poll, start, tag
 
 from dogpile.mutexes import RedisMutex
@@ -140,7 +140,7 @@ def test_async_a_waiter_whose_script_ran_before_a_release_is_not_held_by_a_newer
             await second.release()
             await asyncio.wait_for(b, DEADLINE)
             for c in (client, first._client, second._client):
-                await (getattr(c, "aclose", None) or c.close)()
+                await aclose(c)
 
     asyncio.run(main())
 
@@ -218,6 +218,6 @@ def test_async_a_waiter_that_finds_the_stream_expired_since_the_leaders_script_s
             await holder.release()
             await asyncio.wait_for(leader, DEADLINE)
             for c in (client, releaser._client, holder._client):
-                await (getattr(c, "aclose", None) or c.close)()
+                await aclose(c)
 
     asyncio.run(main())

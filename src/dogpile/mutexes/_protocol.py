@@ -121,7 +121,8 @@ return redis.call('exists', KEYS[2])
 # token's: a resent command), 2 the key is free and was only looked at,
 # 0 held without an expiry, <= -1 held with -1 - code ms of lease left.
 # id: the last entry's id, "0-0" before the first release (any entry is
-# past it), "" on a server without streams.
+# past it), "" on a server without streams.  The keys are numbered as
+# _RELEASE's (_RedisKey._all_keys); KEYS[2] and KEYS[3] are unused here.
 _TAKE_OR_LOOK = """
 if ARGV[3] == '1' then
     if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -136,7 +137,7 @@ if left == -2 then
     return {2, ''}
 end
 local id = '0-0'
-local last = redis.pcall('xrevrange', KEYS[2], '+', '-', 'COUNT', 1)
+local last = redis.pcall('xrevrange', KEYS[4], '+', '-', 'COUNT', 1)
 if last.err then
     id = ''
 elseif last[1] then
@@ -599,17 +600,16 @@ class _RedisKey:
         for ``token`` (or only look, if not ``take``), and if not taken, read
         the wake-up stream's last id."""
         # All four keys declared, as in _acquire_command; the script reads
-        # the first two.
-        return (
-            _TAKE_OR_LOOK, 4, self._name, self._wake_stream, self._wake_list,
-            self._released_note(token), token, self._lease_ms, "1" if take else "0",
-        )
+        # the lock key and the stream.
+        return (_TAKE_OR_LOOK, *self._all_keys(token), token, self._lease_ms, "1" if take else "0")
 
     def _released_note(self, token: str) -> bytes:
         return _released_key(self._name, token, self._cluster_keys)
 
     def _all_keys(self, token: str) -> Tuple[Any, ...]:
-        """``numkeys`` and the keys of _RELEASE, in its order."""
+        """``numkeys`` and the mutex's keys, in the order every script
+        numbers them: the lock key, ``token``'s release note, the wake-up
+        list, the wake-up stream."""
         return (4, self._name, self._released_note(token), self._wake_list, self._wake_stream)
 
     @staticmethod
@@ -679,11 +679,7 @@ class _RedisKey:
         """The arguments of ``eval`` that take back a key ``token`` may hold,
         waking the waiters if it did (KEYS[2] and ARGV[2] unused: the keys
         and arguments are numbered as _RELEASE's, for _WAKE)."""
-        name = self._name
-        return (
-            _DELETE_IF_OURS, 4, name, name, self._wake_list, self._wake_stream,
-            token, 0, self._lease_ms,
-        )
+        return (_DELETE_IF_OURS, *self._all_keys(token), token, 0, self._lease_ms)
 
     def _take_back_after(self, exc: Optional[BaseException]) -> bool:
         """May the SET of an acquire() that failed with ``exc`` have reached
